@@ -1,0 +1,115 @@
+//! Gateway configuration: every field documented with its default.
+
+use std::net::SocketAddr;
+
+/// What to do with a client that cannot keep up (PROTOCOL.md `slow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowPolicy {
+    /// Merge pending quotes per symbol into the newest; trades are dropped with a `gap`.
+    #[default]
+    Conflate,
+    /// Drop what does not fit and send `gap`.
+    Drop,
+    /// Close with 4008.
+    Disconnect,
+}
+
+impl SlowPolicy {
+    /// Parses the protocol spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "conflate" => Some(Self::Conflate),
+            "drop" => Some(Self::Drop),
+            "disconnect" => Some(Self::Disconnect),
+            _ => None,
+        }
+    }
+}
+
+/// The `[gateway]` section of a node's configuration.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address for WebSocket and HTTP. Default `127.0.0.1:8080`. Port 0 picks a free port
+    /// (every core then binds the same one with `SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Cores to pin one worker each to. Default: all but core 0 (core 0 runs ingest and the
+    /// mesh); on a one-core host, core 0. Empty list means the default.
+    pub cores: Vec<usize>,
+    /// Interval of `heartbeat` messages. Default 1000 ms (PROTOCOL.md).
+    pub heartbeat_ms: u64,
+    /// Largest client message; a bigger one closes the connection with 1009. Default 65,536.
+    pub max_message_bytes: usize,
+    /// Most (channel, symbol-or-pattern) pairs one connection may hold. Default 10,000.
+    pub max_subscriptions: usize,
+    /// Unsent output above which a client is slow. Default 4 MiB (PROTOCOL.md).
+    pub slow_bytes: usize,
+    /// Client requests per second allowed (burst of the same size); above it the
+    /// connection is closed with 4029. Default 50.
+    pub max_requests_per_sec: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cores: Vec::new(),
+            heartbeat_ms: 1000,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 10_000,
+            slow_bytes: 4 << 20,
+            max_requests_per_sec: 50,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Collects every problem, each prefixed with its TOML path.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        for c in &self.cores {
+            if *c >= ncpu {
+                problems.push(format!(
+                    "gateway.cores = {:?} but this host has {ncpu} CPUs; list cores below {ncpu} or remove gateway.cores to use the default",
+                    self.cores
+                ));
+                break;
+            }
+        }
+        if !(50..=60_000).contains(&self.heartbeat_ms) {
+            problems.push(format!(
+                "gateway.heartbeat_ms = {} is out of range; use 50 to 60000 (default 1000)",
+                self.heartbeat_ms
+            ));
+        }
+        if self.max_message_bytes < 1024 {
+            problems.push(format!(
+                "gateway.max_message_bytes = {} is too small; use at least 1024 (default 65536)",
+                self.max_message_bytes
+            ));
+        }
+        if self.slow_bytes < 64 * 1024 {
+            problems.push(format!(
+                "gateway.slow_bytes = {} is too small; use at least 65536 (default 4194304)",
+                self.slow_bytes
+            ));
+        }
+        if self.max_requests_per_sec == 0 {
+            problems.push("gateway.max_requests_per_sec is 0; use at least 1 (default 50)".into());
+        }
+    }
+
+    /// The cores to run workers on.
+    pub fn worker_cores(&self) -> Vec<usize> {
+        if !self.cores.is_empty() {
+            return self.cores.clone();
+        }
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if ncpu <= 1 {
+            vec![0]
+        } else {
+            (1..ncpu).collect()
+        }
+    }
+}

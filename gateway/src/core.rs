@@ -1,0 +1,216 @@
+//! Pinned worker cores: one thread per core, each with its own current-thread runtime,
+//! its own `SO_REUSEPORT` listener, and its own sessions.
+//!
+//! Records arrive from the fan-out over an unbounded tokio channel per core (lock-free
+//! linked blocks, one wake per batch). The dispatcher drains everything pending, offers each
+//! record to each session, then wakes the sessions that got something: one write per
+//! socket per wake-up however many records arrived.
+
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tickmesh_codec::SourceId;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::config::GatewayConfig;
+use crate::fanout::CoreMsg;
+use crate::session::{self, ConnectParams, SessionHandle};
+use crate::shared::GatewayShared;
+
+/// What one core owns.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) shared: Arc<GatewayShared>,
+    sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
+    /// Highest `seq` per source dispatched on this core: what heartbeats report.
+    pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
+    next_id: std::cell::Cell<u64>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+impl Core {
+    /// Registers an upgraded connection and runs it on this core.
+    pub(crate) fn start_session(self: &Rc<Self>, stream: TcpStream, already_read: Bytes, params: ConnectParams) {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        // Session ids are unique per process: core index in the top bits.
+        let id = ((self.index as u64) << 48) | n;
+        let now = Instant::now();
+        let handle = Rc::new(SessionHandle::new(id, params, &self.cfg, now));
+        {
+            let mut st = handle.state.borrow_mut();
+            st.push_control(&self.hello(id));
+        }
+        handle.wake.notify_one();
+        self.sessions.borrow_mut().insert(id, handle.clone());
+        metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).increment(1.0);
+        tokio::task::spawn_local(session::run(self.clone(), stream, already_read, handle));
+    }
+
+    pub(crate) fn remove_session(&self, id: u64) {
+        if self.sessions.borrow_mut().remove(&id).is_some() {
+            metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).decrement(1.0);
+        }
+    }
+
+    fn hello(&self, id: u64) -> Vec<u8> {
+        let regions = self.shared.regions();
+        serde_json::to_vec(&serde_json::json!({
+            "type": "hello",
+            "protocol": 1,
+            "region": self.shared.region(),
+            "session": format!("{}-{id:x}", self.shared.region()),
+            "heartbeat_ms": self.cfg.heartbeat_ms,
+            "regions": regions,
+        }))
+        .unwrap_or_default()
+    }
+
+    fn dispatch(&self, batch: &[CoreMsg], dirty: &mut Vec<Rc<SessionHandle>>) -> bool {
+        let sessions = self.sessions.borrow();
+        let mut stop = false;
+        let mut marks: BTreeMap<u64, ()> = BTreeMap::new();
+        for msg in batch {
+            match msg {
+                CoreMsg::Record(enc) => {
+                    {
+                        let mut p = self.positions.borrow_mut();
+                        let e = p.entry(enc.src).or_insert(0);
+                        *e = (*e).max(enc.seq);
+                    }
+                    for (id, s) in sessions.iter() {
+                        if s.state.borrow_mut().offer(enc, self.cfg.slow_bytes) && marks.insert(*id, ()).is_none() {
+                            dirty.push(s.clone());
+                        }
+                    }
+                    let lat = tickmesh_codec::now_ns().saturating_sub(enc.ts_ingest);
+                    metrics::histogram!("tickmesh_gateway_ingest_to_dispatch_seconds").record(lat as f64 / 1e9);
+                }
+                CoreMsg::Shutdown => stop = true,
+            }
+        }
+        stop
+    }
+
+    fn heartbeats(&self) {
+        let now = Instant::now();
+        let now_ns = tickmesh_codec::now_ns();
+        for s in self.sessions.borrow().values() {
+            if s.state.borrow_mut().heartbeat_if_due(self, now, now_ns) {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    fn close_all(&self, code: u16, reason: &str) {
+        for s in self.sessions.borrow().values() {
+            s.state.borrow_mut().push_close(code, reason);
+            s.wake.notify_one();
+        }
+    }
+}
+
+/// Runs on the current core's thread: calls `f` with this core, if inside a core.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Core>) -> R) -> Option<R> {
+    CURRENT.with(|c| c.borrow().as_ref().map(f))
+}
+
+/// Binds the listeners: the first decides the port (if 0), the rest share it.
+pub(crate) fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(1024)?;
+        let l: std::net::TcpListener = sock.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Body of one `gw-core-N` thread.
+pub(crate) async fn run_core(
+    index: usize,
+    cfg: GatewayConfig,
+    shared: Arc<GatewayShared>,
+    listener: std::net::TcpListener,
+    mut rx: UnboundedReceiver<CoreMsg>,
+    router: axum::Router,
+) {
+    let core = Rc::new(Core {
+        index,
+        cfg: cfg.clone(),
+        positions: RefCell::new(shared.positions()),
+        shared,
+        sessions: RefCell::new(BTreeMap::new()),
+        next_id: std::cell::Cell::new(0),
+    });
+    CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core = index, error = %e, "gw-core cannot register its listener");
+            return;
+        }
+    };
+    let accept = tokio::task::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::task::spawn_local(crate::http::serve_connection(stream, router.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(core = index, error = %e, "accept failed; retrying in 50 ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    let hb_core = core.clone();
+    let heartbeats = tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis((hb_core.cfg.heartbeat_ms / 10).clamp(5, 100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            hb_core.heartbeats();
+        }
+    });
+    let mut batch = Vec::with_capacity(1024);
+    let mut dirty = Vec::with_capacity(1024);
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, 1024).await == 0 {
+            break;
+        }
+        let stop = core.dispatch(&batch, &mut dirty);
+        for s in dirty.drain(..) {
+            s.wake.notify_one();
+        }
+        if stop {
+            break;
+        }
+    }
+    accept.abort();
+    heartbeats.abort();
+    core.close_all(1001, "server shutting down");
+    // Give sessions a moment to write their close frames.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    CURRENT.with(|c| *c.borrow_mut() = None);
+}

@@ -1,0 +1,153 @@
+//! HTTP on the client port: the WebSocket upgrade, health, metrics and the dashboard.
+//!
+//! Every core serves HTTP/1.1 with hyper on its own connections. `/v1/ws` checks the token
+//! *before* the upgrade (401 with a JSON error), answers 101, and then takes the raw TCP
+//! stream back from hyper (`Upgraded::downcast`) so the session writes pre-built frames
+//! itself on this same core.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+use crate::session::{ConnectParams, Encoding};
+use crate::shared::GatewayShared;
+use crate::{auth, core, ws};
+
+/// A JSON error body `{"error":{"code","message"}}` with `status`.
+pub fn http_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The gateway's own routes, merged with the node's `extra` routes.
+pub(crate) fn router(shared: Arc<GatewayShared>, extra: Router) -> Router {
+    let own = Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .with_state(shared);
+    own.merge(extra).fallback(|| async {
+        http_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see PROTOCOL.md for the endpoints of a region node",
+        )
+    })
+}
+
+async fn metrics(State(shared): State<Arc<GatewayShared>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics_text()).into_response()
+}
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("dashboard.html")).into_response()
+}
+
+/// Serves one accepted connection (HTTP/1.1, upgrades allowed).
+pub(crate) async fn serve_connection(stream: TcpStream, router: Router) {
+    let svc = hyper_util::service::TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+async fn ws_upgrade(State(shared): State<Arc<GatewayShared>>, mut req: Request) -> Response {
+    if shared.is_draining() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            &format!("region {} is draining; connect to the next region of /v1/regions", shared.region()),
+        );
+    }
+    let query = req.uri().query().map(str::to_owned);
+    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = auth::token_from_request(query.as_deref(), authz) else {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "no token; pass ?token=JWT or the header Authorization: Bearer JWT",
+        );
+    };
+    let now = tickmesh_codec::now_ns() / 1_000_000_000;
+    let claims = match shared.verifier().verify(&token, now) {
+        Ok(c) => c,
+        Err(e) => return http_error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
+    };
+    let encoding = match query_param(query.as_deref(), "encoding") {
+        None | Some("json") => Encoding::Json,
+        Some("binary") => Encoding::Binary,
+        Some(other) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("encoding '{other}' does not exist; use json or binary"),
+            )
+        }
+    };
+    let batch = matches!(query_param(query.as_deref(), "batch"), Some("1" | "true"));
+    let h = req.headers();
+    let is_upgrade =
+        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = h.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket upgrade: Sec-WebSocket-Key is missing",
+        );
+    };
+    if !is_upgrade || !version_ok {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket upgrade; send Upgrade: websocket and Sec-WebSocket-Version: 13",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let params = ConnectParams { encoding, batch, claims };
+    tokio::task::spawn_local(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                if core::with_current(|c| c.start_session(stream, parts.read_buf, params)).is_none() {
+                    tracing::error!("websocket upgraded outside a gateway core; closing");
+                }
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing"),
+        }
+    });
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hm = resp.headers_mut();
+    hm.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hm.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&ws::accept_key(&key)) {
+        hm.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}

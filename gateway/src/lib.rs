@@ -1,0 +1,115 @@
+//! tickmesh-gateway: pinned-core WebSocket gateways that stream records to clients.
+//!
+//! # Layout
+//! * [`fanout`]: [`Fanout`], encode each record once into shared frames and hand them to
+//!   every core.
+//! * `core`: one `gw-core-N` thread per core, pinned, with its own current-thread runtime,
+//!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
+//! * `session`: one connection: protocol state, outbound queue, vectored writes.
+//! * [`protocol`]: requests and replies of PROTOCOL.md, no I/O.
+//! * [`ws`]: WebSocket frames (RFC 6455), sans-I/O.
+//! * [`auth`]: JWT verification (HS256, EdDSA) and entitlements.
+//! * `http`: `/v1/ws`, `/healthz`, `/metrics`, `/` on the same port.
+//! * [`config`]: [`GatewayConfig`] and its `validate()`.
+//!
+//! # Threads
+//! The node's hub thread calls [`Fanout::publish`]; each `gw-core-N` thread owns its
+//! sessions outright, so nothing on the per-record path takes a lock.
+
+pub mod auth;
+pub mod config;
+mod core;
+pub mod error;
+pub mod fanout;
+mod http;
+pub mod protocol;
+mod session;
+pub mod shared;
+pub mod ws;
+
+pub use config::{GatewayConfig, SlowPolicy};
+pub use error::{ClientError, Error, Result};
+pub use fanout::{Encoded, Fanout};
+pub use http::http_error;
+pub use shared::{GatewayShared, RegionLink};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use crate::fanout::CoreMsg;
+
+/// A running gateway: its worker threads and their channels.
+#[derive(Debug)]
+pub struct Gateway {
+    local_addr: SocketAddr,
+    cores: Vec<UnboundedSender<CoreMsg>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts one pinned worker per configured core. `extra` adds
+    /// the node's own routes (readiness, regions, routing, admin) on the same port.
+    pub fn start(cfg: GatewayConfig, shared: Arc<GatewayShared>, extra: axum::Router) -> Result<(Gateway, Fanout)> {
+        let mut problems = Vec::new();
+        cfg.validate(&mut problems);
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        let cores = cfg.worker_cores();
+        let listeners = core::bind_listeners(cfg.listen, cores.len())
+            .map_err(|source| Error::Listen { addr: cfg.listen, source })?;
+        let local_addr = listeners[0].local_addr().map_err(|source| Error::Listen { addr: cfg.listen, source })?;
+        let router = http::router(shared.clone(), extra);
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let mut txs = Vec::new();
+        let mut threads = Vec::new();
+        for (n, (core_no, listener)) in cores.iter().copied().zip(listeners).enumerate() {
+            let (tx, rx) = unbounded_channel();
+            txs.push(tx);
+            let cfg = cfg.clone();
+            let shared = shared.clone();
+            let router = router.clone();
+            let pin = core_ids.iter().copied().find(|c| c.id == core_no);
+            let t = std::thread::Builder::new()
+                .name(format!("gw-core-{n}"))
+                .spawn(move || {
+                    match pin {
+                        Some(c) if core_affinity::set_for_current(c) => {}
+                        _ => {
+                            tracing::warn!(core = core_no, "gw-core-{n} not pinned; check the cpuset or gateway.cores")
+                        }
+                    }
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "gw-core-{n} cannot build its runtime");
+                            return;
+                        }
+                    };
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, core::run_core(n, cfg, shared, listener, rx, router));
+                })
+                .map_err(Error::Thread)?;
+            threads.push(t);
+        }
+        let fanout = Fanout::new(txs.clone(), shared);
+        Ok((Gateway { local_addr, cores: txs, threads }, fanout))
+    }
+
+    /// The address clients connect to (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Closes every session (close code 1001) and joins the worker threads.
+    pub fn shutdown(self) {
+        for c in &self.cores {
+            let _ = c.send(CoreMsg::Shutdown);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! State the node shares with every gateway core: region identity, the failover list,
+//! the symbol directory, positions, token verification and metrics rendering.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+use tickmesh_codec::SourceId;
+
+use crate::auth::Verifier;
+
+/// One entry of the `hello` failover list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegionLink {
+    /// Region name.
+    pub region: String,
+    /// Its WebSocket URL.
+    pub ws_url: String,
+}
+
+/// Renders the Prometheus text for `/metrics`.
+pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
+
+/// Shared by the node and all cores. Locks here are off the per-record path: the fan-out
+/// takes them only when it sees a new (source, symbol) pair, and sessions only on connect
+/// and subscribe.
+pub struct GatewayShared {
+    region: String,
+    verifier: Verifier,
+    regions: RwLock<Vec<RegionLink>>,
+    directory: RwLock<BTreeMap<String, BTreeSet<SourceId>>>,
+    positions: Mutex<BTreeMap<SourceId, u64>>,
+    metrics: MetricsFn,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for GatewayShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayShared").field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+impl GatewayShared {
+    /// New shared state for `region`.
+    pub fn new(region: impl Into<String>, verifier: Verifier, metrics: MetricsFn) -> Self {
+        GatewayShared {
+            region: region.into(),
+            verifier,
+            regions: RwLock::new(Vec::new()),
+            directory: RwLock::new(BTreeMap::new()),
+            positions: Mutex::new(BTreeMap::new()),
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// This region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Token verification.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Sets the failover list sent in `hello` (this region first).
+    pub fn set_regions(&self, regions: Vec<RegionLink>) {
+        *self.regions.write().unwrap_or_else(|e| e.into_inner()) = regions;
+    }
+
+    /// The failover list.
+    pub fn regions(&self) -> Vec<RegionLink> {
+        self.regions.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records that `src` carries `sym`.
+    pub fn learn_symbol(&self, sym: &str, src: SourceId) {
+        self.directory.write().unwrap_or_else(|e| e.into_inner()).entry(sym.to_owned()).or_default().insert(src);
+    }
+
+    /// True if some source carries `sym`.
+    pub fn knows_symbol(&self, sym: &str) -> bool {
+        self.directory.read().unwrap_or_else(|e| e.into_inner()).contains_key(sym)
+    }
+
+    /// The sources carrying `sym`.
+    pub fn sources_of(&self, sym: &str) -> Vec<SourceId> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sym)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Notes the highest `seq` published for `src`.
+    pub fn note_position(&self, src: SourceId, seq: u64) {
+        let mut p = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        let e = p.entry(src).or_insert(0);
+        *e = (*e).max(seq);
+    }
+
+    /// Highest published `seq` of every known source.
+    pub fn positions(&self) -> BTreeMap<SourceId, u64> {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        (self.metrics)()
+    }
+
+    /// True while the region refuses new connections.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Sets the draining state.
+    pub fn set_draining(&self, v: bool) {
+        self.draining.store(v, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,27 @@
+//! tickmesh-ingest: turns venue feeds into sequenced codec records.
+//!
+//! # Layout
+//! * [`synthetic`]: the deterministic synthetic feed (seed, symbols, rate).
+//! * [`sequencer`]: [`Sequencer`], the one place a record's `seq` is assigned.
+//! * [`pacer`]: [`Pacer`], records due at `now` for a target rate (no clock inside).
+//!
+//! Decoders are sans-I/O: they take bytes (or `now`) and return records; the node's thread
+//! `ingest-<source>` drives them, appends to the journal and publishes.
+//!
+//! ```
+//! use tickmesh_ingest::{synthetic::{SyntheticConfig, SyntheticFeed}, Sequencer};
+//! use tickmesh_codec::Seq;
+//! let mut feed = SyntheticFeed::new(&SyntheticConfig::default()).unwrap();
+//! let mut seq = Sequencer::new(feed.source(), Seq(0));
+//! let mut rec = feed.next_record(1);
+//! assert_eq!(seq.stamp(&mut rec, 2), Seq(1));
+//! ```
+
+pub mod error;
+pub mod pacer;
+pub mod sequencer;
+pub mod synthetic;
+
+pub use error::{Error, Result};
+pub use pacer::Pacer;
+pub use sequencer::Sequencer;

@@ -1,0 +1,20 @@
+//! tickmesh-replicate: moves records between regions over a QUIC mesh (quinn, mutual TLS).
+//!
+//! # Layout
+//! * [`mesh`]: [`Mesh`], the `replicate-io` thread: one endpoint, a dialer per peer pulling
+//!   the peer's home sources after the positions this region holds, an acceptor serving
+//!   this region's home sources from its store.
+//! * [`tls`]: the private CA, per-region certificates, rustls configurations.
+//! * [`store`]: [`RecordStore`], what the mesh needs from the journal.
+//!
+//! Every record received from a peer is validated (`codec::access_untrusted`) before the
+//! node sees it.
+
+pub mod error;
+pub mod mesh;
+pub mod store;
+pub mod tls;
+
+pub use error::{Error, Result};
+pub use mesh::{Inbound, Mesh, MeshConfig, MeshParams, MeshStatus, PeerConfig, PeerState};
+pub use store::{Cursor, MemoryStore, RecordStore};

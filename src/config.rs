@@ -1,0 +1,155 @@
+//! The node's configuration file (TOML): one region, every section validated at once.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tickmesh_gateway::GatewayConfig;
+use tickmesh_ingest::synthetic::SyntheticConfig;
+use tickmesh_journal::JournalConfig;
+use tickmesh_replicate::MeshConfig;
+
+/// A region this node tells clients about (the `hello` failover list and `/v1/regions`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEntry {
+    /// Region name.
+    pub region: String,
+    /// Its public WebSocket URL.
+    pub ws_url: String,
+    /// Its public HTTP URL.
+    pub http_url: String,
+}
+
+/// Token verification keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Files holding HS256 secrets (raw bytes; trailing newline ignored).
+    pub hs256_key_files: Vec<PathBuf>,
+    /// Files holding Ed25519 public keys (PEM).
+    pub eddsa_public_key_files: Vec<PathBuf>,
+}
+
+/// A feed this region ingests (its home sources).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum FeedConfig {
+    /// The deterministic synthetic feed.
+    Synthetic(SyntheticConfig),
+}
+
+/// One node of one region.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's region (a name of REGIONS.md, or any DNS-label name).
+    pub region: String,
+    /// Where the journal and other state live.
+    pub state_dir: PathBuf,
+    /// Client-facing gateway.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The journal.
+    #[serde(default, skip_serializing)]
+    pub journal: JournalConfig,
+    /// The inter-region mesh; absent for a single-region node.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+    /// Token keys.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Home feeds.
+    #[serde(default)]
+    pub feeds: Vec<FeedConfig>,
+    /// Every region's public URLs, this one included.
+    #[serde(default)]
+    pub regions: Vec<RegionEntry>,
+}
+
+impl NodeConfig {
+    /// Reads and parses a file (not validated: call [`NodeConfig::problems`]).
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read config {}: {e}; check the path given to --config", path.display())
+        })?;
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Every problem of the configuration, each prefixed with its TOML path.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let r = &self.region;
+        if r.is_empty() || r.len() > 63 || !r.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        {
+            p.push(format!(
+                "region '{r}' is not a valid region name; use lowercase letters, digits and '-', e.g. us-east-1"
+            ));
+        }
+        self.gateway.validate(&mut p);
+        self.journal.validate(&mut p);
+        if let Some(m) = &self.mesh {
+            m.validate(r, &mut p);
+        }
+        if self.auth.hs256_key_files.is_empty() && self.auth.eddsa_public_key_files.is_empty() {
+            p.push(
+                "auth has no keys; set auth.hs256_key_files or auth.eddsa_public_key_files, or no client can connect"
+                    .into(),
+            );
+        }
+        let mut sources = std::collections::BTreeSet::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            match f {
+                FeedConfig::Synthetic(s) => {
+                    s.validate(&format!("feeds[{i}]"), &mut p);
+                    if !sources.insert(s.source.clone()) {
+                        p.push(format!(
+                            "feeds[{i}].source {} is used twice; give every feed its own source id",
+                            s.source
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.regions.is_empty() && !self.regions.iter().any(|e| e.region == self.region) {
+            p.push(format!("regions lists no entry for this node's region {r}; add its ws_url and http_url"));
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let cfg: NodeConfig = toml::from_str(
+            r#"
+            region = "US EAST"
+            state_dir = "/tmp/x"
+            [gateway]
+            heartbeat_ms = 1
+            [[feeds]]
+            kind = "synthetic"
+            source = "bad id"
+            symbols = []
+            rate = 0
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems();
+        assert!(p.iter().any(|m| m.starts_with("region 'US EAST'")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("gateway.heartbeat_ms")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("feeds[0].source")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("feeds[0].symbols")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("feeds[0].rate")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("auth has no keys")), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<NodeConfig>("region = \"a\"\nstate_dir = \"/x\"\ntypo = 1\n").unwrap_err();
+        assert!(e.to_string().contains("typo"), "{e}");
+    }
+}

@@ -1,0 +1,357 @@
+//! `tickmesh demo`: one OS process per region on this machine, wired into a mesh.
+//!
+//! The demo makes a state directory (a private CA and one certificate per region, an
+//! HS256 token key, one node configuration per region), starts `tickmesh node` for each
+//! region, waits until every region serves and every mesh link carries records, and prints
+//! the PROTOCOL.md start-up lines. It never restarts a region that dies (a test may have
+//! killed it on purpose). Ctrl-C or SIGTERM stops every region cleanly.
+
+use anyhow::{bail, Context};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tickmesh_gateway::auth::{self, Claims, Grant};
+use tickmesh_ingest::synthetic::SyntheticConfig;
+use tickmesh_replicate::tls::{self, TlsFiles};
+use tickmesh_replicate::{MeshConfig, PeerConfig};
+
+use crate::config::{AuthConfig, FeedConfig, NodeConfig, RegionEntry};
+use crate::http_get;
+
+/// Demo options (the CLI's `demo` arguments).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Print JSON lines instead of words.
+    pub json: bool,
+    /// Regions to run.
+    pub regions: Vec<String>,
+    /// First port; 0 picks free ports.
+    pub port_base: u16,
+    /// State directory; a fresh temporary one when absent.
+    pub state_dir: Option<PathBuf>,
+    /// Records per second per region.
+    pub rate: u32,
+    /// Feed selection (`synthetic` for now).
+    pub feed: String,
+}
+
+struct Region {
+    name: String,
+    ws: SocketAddr,
+    mesh: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Synthetic symbols per region: each region is the home of its own instruments.
+fn symbols_for(i: usize) -> Vec<String> {
+    let sets: [&[&str]; 6] = [
+        &["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META"],
+        &["SAP", "ASML", "NESN", "SHEL", "HSBA", "SIE"],
+        &["BTC-USD", "ETH-USD", "SOL-USD", "D05", "7203", "0700"],
+        &["PETR4", "VALE3", "ITUB4"],
+        &["BHP", "CBA", "CSL"],
+        &["2222", "EMAAR", "QNBK"],
+    ];
+    sets[i % sets.len()].iter().map(|s| s.to_string()).collect()
+}
+
+fn free_port_tcp() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+fn free_port_udp() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the demo until Ctrl-C / SIGTERM.
+pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    if opts.feed != "synthetic" {
+        bail!("--feed {} is not available yet; use --feed synthetic", opts.feed);
+    }
+    for r in &opts.regions {
+        if !crate::regions::is_known(r) {
+            bail!("region '{r}' is not one of {}; pick regions from REGIONS.md", crate::regions::REGIONS.join(", "));
+        }
+    }
+    if opts.regions.is_empty() {
+        bail!("--regions is empty; name at least one region");
+    }
+    let state = match &opts.state_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("tickmesh-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&state).with_context(|| format!("creating state directory {}", state.display()))?;
+    let state = state.canonicalize()?;
+
+    // Credentials: a private CA, a certificate per region, the token key.
+    let pki = state.join("pki");
+    let ca = tls::generate_ca("tickmesh demo CA")?;
+    write(&pki.join("ca.pem"), &ca.cert)?;
+    let key_file = pki.join("jwt-hs256.key");
+    let secret: [u8; 32] = rand::random();
+    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write(&key_file, &secret_hex)?;
+
+    let mut regions = Vec::new();
+    for (i, name) in opts.regions.iter().enumerate() {
+        let (ws_port, mesh_port) = if opts.port_base == 0 {
+            (free_port_tcp()?, free_port_udp()?)
+        } else {
+            let base = opts.port_base + (i as u16) * 10;
+            (base, base + 1)
+        };
+        let leaf = tls::issue(&ca, name, 30)?;
+        let dir = state.join(name);
+        write(&pki.join(format!("{name}.pem")), &leaf.cert)?;
+        write(&pki.join(format!("{name}.key")), &leaf.key)?;
+        regions.push(Region {
+            name: name.clone(),
+            ws: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ws_port),
+            mesh: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), mesh_port),
+            dir,
+            child: None,
+        });
+    }
+    let entries: Vec<RegionEntry> = regions
+        .iter()
+        .map(|r| RegionEntry {
+            region: r.name.clone(),
+            ws_url: format!("ws://{}/v1/ws", r.ws),
+            http_url: format!("http://{}", r.ws),
+        })
+        .collect();
+    for (i, r) in regions.iter().enumerate() {
+        let cfg = NodeConfig {
+            region: r.name.clone(),
+            state_dir: r.dir.clone(),
+            gateway: tickmesh_gateway::GatewayConfig { listen: r.ws, ..Default::default() },
+            journal: Default::default(),
+            mesh: Some(MeshConfig {
+                listen: r.mesh,
+                peers: regions
+                    .iter()
+                    .filter(|p| p.name != r.name)
+                    .map(|p| PeerConfig { region: p.name.clone(), addr: p.mesh })
+                    .collect(),
+                tls: TlsFiles {
+                    ca_cert: pki.join("ca.pem"),
+                    cert: pki.join(format!("{}.pem", r.name)),
+                    key: pki.join(format!("{}.key", r.name)),
+                },
+                reconnect_ms: 100,
+            }),
+            auth: AuthConfig { hs256_key_files: vec![key_file.clone()], eddsa_public_key_files: vec![] },
+            feeds: vec![FeedConfig::Synthetic(SyntheticConfig {
+                source: format!("SYN.{}", crate::regions::short_code(&r.name)),
+                seed: 1000 + i as u64,
+                symbols: symbols_for(i),
+                rate: opts.rate,
+            })],
+            regions: entries.clone(),
+        };
+        write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_flag(sig, stop.clone())?;
+    }
+    let exe = std::env::current_exe().context("finding the tickmesh binary")?;
+    let result = start_and_wait(&exe, &mut regions, &opts, &secret_hex, &key_file, &stop);
+    // Stop every region that is still running, whatever happened.
+    for r in &mut regions {
+        if let Some(c) = r.child.as_mut() {
+            // SAFETY: plain syscall on a pid we own.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for r in &mut regions {
+        if let Some(mut c) = r.child.take() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !matches!(c.try_wait(), Ok(Some(_))) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    if !opts.json {
+        println!("stopped; state kept in {}", state.display());
+    }
+    result
+}
+
+fn start_and_wait(
+    exe: &Path,
+    regions: &mut [Region],
+    opts: &DemoOptions,
+    secret_hex: &str,
+    key_file: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    for r in regions.iter_mut() {
+        let log = std::fs::File::create(r.dir.join("node.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("node").arg("--config").arg(r.dir.join("node.toml"));
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.env("TICKMESH_LOG", std::env::var("TICKMESH_LOG").unwrap_or_else(|_| "info".into()));
+        // SAFETY: prctl is async-signal-safe; it only makes the child die with the demo, so
+        // a killed demo never leaves regions running.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting region {}", r.name))?;
+        r.child = Some(child);
+    }
+    for r in regions.iter_mut() {
+        let log = r.dir.join("node.log");
+        let mut exited = None;
+        let up = wait_until(Duration::from_secs(30), stop, || {
+            if let Some(Ok(Some(status))) = r.child.as_mut().map(Child::try_wait) {
+                exited = Some(status);
+                return true;
+            }
+            matches!(http_get::get(r.ws, "/healthz", Duration::from_millis(500)), Ok((200, _)))
+        });
+        if let Some(status) = exited {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with(|c: char| c.is_ascii_digit()) || l.contains("Error"))
+                .take(12)
+                .collect();
+            bail!(
+                "region {} exited during start-up ({status}); its log {} says:\n{}",
+                r.name,
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        up.with_context(|| format!("region {} did not come up; see {}", r.name, log.display()))?;
+        let pid = r.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        if opts.json {
+            println!(
+                "{}",
+                serde_json::json!({"event":"region_up","region":r.name,"pid":pid,
+                    "ws_url":format!("ws://{}/v1/ws", r.ws),"http_url":format!("http://{}", r.ws)})
+            );
+        } else {
+            println!(
+                "region {:<15} up: ws://{}/v1/ws (pid {pid}, log {})",
+                r.name,
+                r.ws,
+                r.dir.join("node.log").display()
+            );
+        }
+    }
+    let now = tickmesh_codec::now_ns() / 1_000_000_000;
+    let user = Claims {
+        sub: "demo-user".into(),
+        exp: now + 86_400,
+        home: Some(regions[0].name.clone()),
+        channels: Grant::List(["trades", "quotes", "book", "status", "orders"].map(String::from).to_vec()),
+        symbols: Grant::All,
+        roles: vec![],
+    };
+    let admin = Claims { sub: "demo-admin".into(), roles: vec!["admin".into()], ..user.clone() };
+    let user_token = auth::mint_hs256(secret_hex.as_bytes(), &user)?;
+    let admin_token = auth::mint_hs256(secret_hex.as_bytes(), &admin)?;
+    // Ready once every region receives from every peer and every peer receives from it.
+    let n = regions.len();
+    wait_until(Duration::from_secs(30), stop, || {
+        regions.iter().all(|r| match http_get::get(r.ws, "/readyz", Duration::from_millis(500)) {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
+                let peers = v["peers"].as_object().cloned().unwrap_or_default();
+                peers.len() == n - 1 && peers.values().all(|p| p["receiving"] == true && p["sending"] == true)
+            }),
+            _ => false,
+        })
+    })
+    .context("the mesh did not connect every pair of regions in 30 s; see the node.log files")?;
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::json!({"event":"tokens","user":user_token,"admin":admin_token,"jwt_key_file":key_file})
+        );
+        println!("{}", serde_json::json!({"event":"ready"}));
+    } else {
+        println!("\nall {n} regions are meshed and streaming.");
+        println!("dashboard: http://{}/?token={user_token}", regions[0].ws);
+        for r in regions.iter().skip(1) {
+            println!("           http://{}/?token={user_token}", r.ws);
+        }
+        println!("user token:  {user_token}\nadmin token: {admin_token}\nJWT key file: {}", key_file.display());
+        println!("press Ctrl-C to stop");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    while !stop.load(Ordering::Relaxed) {
+        for r in regions.iter_mut() {
+            if let Some(c) = r.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    if !opts.json {
+                        println!("region {} exited ({status}); not restarting it", r.name);
+                    }
+                    r.child = None;
+                }
+            }
+        }
+        if regions.iter().all(|r| r.child.is_none()) {
+            bail!("every region has exited");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn wait_until(limit: Duration, stop: &AtomicBool, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {limit:?}")
+}
+
+static FLAGS: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if let Some(f) = FLAGS.get() {
+        f.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sets `flag` when `sig` arrives (async-signal-safe: one atomic store).
+fn signal_flag(sig: libc::c_int, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let _ = FLAGS.set(flag);
+    // SAFETY: installing a handler that only performs an atomic store.
+    let r = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    if r == libc::SIG_ERR {
+        bail!("cannot install the handler for signal {sig}");
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! One region node: wires ingest, the journal, the mesh and the gateway together.
+//!
+//! ```text
+//!  ingest-<src> threads ──┐                           ┌─> gateway Fanout ─> gw-core-N ─> clients
+//!                         ├─> hub thread ─> journal ──┤
+//!  replicate-io (peers) ──┘   (dedupe by (src, seq))  └─> appended watch ─> mesh senders ─> peers
+//! ```
+//!
+//! The hub is the single writer of the journal's order and the gateway's input: every
+//! record, local or remote, passes it once, in per-source `seq` order, and a record a peer
+//! sends twice (reconnect, relay) is refused by the journal and never reaches a client.
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tickmesh_codec::{frame, Seq, SourceId};
+use tickmesh_gateway::auth::Verifier;
+use tickmesh_gateway::{Fanout, Gateway, GatewayShared, RegionLink};
+use tickmesh_ingest::synthetic::SyntheticFeed;
+use tickmesh_ingest::{Pacer, Sequencer};
+use tickmesh_journal::Journal;
+use tickmesh_replicate::{Cursor, Mesh, MeshParams, MeshStatus, RecordStore};
+
+use crate::config::{FeedConfig, NodeConfig};
+use crate::metrics::Metrics;
+
+/// What producers hand the hub.
+enum HubMsg {
+    /// One record of a home source, already sequenced (codec bytes).
+    Local(Vec<u8>),
+    /// A batch of length-prefixed records from a peer, already validated.
+    Remote(Bytes),
+}
+
+/// A running node.
+pub struct Node {
+    cfg: NodeConfig,
+    gateway: Option<Gateway>,
+    mesh: Option<Mesh>,
+    journal: Arc<Journal>,
+    stop: Arc<AtomicBool>,
+    ingest: Vec<JoinHandle<()>>,
+    hub: Option<JoinHandle<()>>,
+    hub_tx: Option<Sender<HubMsg>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("region", &self.cfg.region).finish_non_exhaustive()
+    }
+}
+
+/// State the node's own HTTP routes read.
+struct NodeView {
+    cfg: NodeConfig,
+    mesh: std::sync::OnceLock<Arc<MeshStatus>>,
+    shared: Arc<GatewayShared>,
+}
+
+impl Node {
+    /// Starts every part of the node; returns once clients can connect.
+    pub fn start(cfg: NodeConfig, metrics: Metrics) -> anyhow::Result<Node> {
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("configuration has {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+        }
+        let journal_dir = cfg.state_dir.join("journal");
+        std::fs::create_dir_all(&journal_dir)
+            .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
+        let (journal, report) = Journal::open(&journal_dir, cfg.journal.clone())
+            .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
+        if !report.is_clean() {
+            tracing::warn!(?report, "journal recovered after an unclean stop");
+        }
+        let journal = Arc::new(journal);
+
+        let mut verifier = Verifier::new();
+        for f in &cfg.auth.hs256_key_files {
+            let key = std::fs::read(f).with_context(|| format!("reading the HS256 key {}", f.display()))?;
+            verifier.add_hs256(trim_newline(&key));
+        }
+        for f in &cfg.auth.eddsa_public_key_files {
+            let pem = std::fs::read(f).with_context(|| format!("reading the EdDSA public key {}", f.display()))?;
+            verifier
+                .add_eddsa_public_pem(&pem)
+                .with_context(|| format!("loading the EdDSA public key {}", f.display()))?;
+        }
+        let render = metrics.clone();
+        let shared = Arc::new(GatewayShared::new(cfg.region.clone(), verifier, Box::new(move || render.render())));
+        shared.set_regions(hello_regions(&cfg, None));
+        for (src, seq) in journal.positions() {
+            shared.note_position(src, seq);
+        }
+
+        let view = Arc::new(NodeView { cfg: cfg.clone(), mesh: std::sync::OnceLock::new(), shared: shared.clone() });
+        let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
+            .context("starting the gateway")?;
+
+        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+        let (appended_tx, appended_rx) = tokio::sync::watch::channel(0u64);
+
+        let mut home = Vec::new();
+        for f in &cfg.feeds {
+            match f {
+                FeedConfig::Synthetic(s) => home.push(SourceId::new(&s.source)?),
+            }
+        }
+
+        let mesh = match &cfg.mesh {
+            None => None,
+            Some(mcfg) => {
+                let creds =
+                    tickmesh_replicate::tls::Credentials::load(&mcfg.tls).context("loading mesh certificates")?;
+                let tx = hub_tx.clone();
+                let mesh = Mesh::start(MeshParams {
+                    region: cfg.region.clone(),
+                    cfg: mcfg.clone(),
+                    creds,
+                    store: Arc::new(JournalStore(journal.clone())),
+                    home: home.clone(),
+                    appended: appended_rx,
+                    inbound: Arc::new(move |b| {
+                        let _ = tx.send(HubMsg::Remote(b));
+                    }),
+                })
+                .context("starting the mesh")?;
+                let _ = view.mesh.set(mesh.status());
+                Some(mesh)
+            }
+        };
+
+        let hub = {
+            let journal = journal.clone();
+            std::thread::Builder::new()
+                .name("hub".into())
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx))
+                .context("starting the hub thread")?
+        };
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ingest = Vec::new();
+        for f in &cfg.feeds {
+            match f {
+                FeedConfig::Synthetic(s) => {
+                    let feed = SyntheticFeed::new(s)?;
+                    let src = feed.source();
+                    let last = journal.last_seq(&src).unwrap_or(0);
+                    let seq = Sequencer::new(src, Seq(last));
+                    let tx = hub_tx.clone();
+                    let stop = stop.clone();
+                    let rate = s.rate;
+                    ingest.push(
+                        std::thread::Builder::new()
+                            .name(format!("ingest-{src}"))
+                            .spawn(move || run_synthetic(feed, seq, rate, tx, stop))
+                            .context("starting an ingest thread")?,
+                    );
+                }
+            }
+        }
+        Ok(Node { cfg, gateway: Some(gateway), mesh, journal, stop, ingest, hub: Some(hub), hub_tx: Some(hub_tx) })
+    }
+
+    /// The gateway's bound address.
+    pub fn gateway_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.as_ref().map(Gateway::local_addr)
+    }
+
+    /// The mesh's bound address.
+    pub fn mesh_addr(&self) -> Option<std::net::SocketAddr> {
+        self.mesh.as_ref().map(Mesh::local_addr)
+    }
+
+    /// The node's region.
+    pub fn region(&self) -> &str {
+        &self.cfg.region
+    }
+
+    /// Stops cleanly: ingest first, then the hub drains into the journal, then clients and
+    /// peers are closed, and the journal is synced.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.ingest.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(g) = self.gateway.take() {
+            g.shutdown();
+        }
+        if let Some(m) = self.mesh.take() {
+            m.shutdown();
+        }
+        drop(self.hub_tx.take());
+        if let Some(h) = self.hub.take() {
+            let _ = h.join();
+        }
+        if let Err(e) = self.journal.sync() {
+            tracing::error!(error = %e, "journal sync at shutdown failed");
+        }
+    }
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    let mut b = b;
+    while let Some((last, rest)) = b.split_last() {
+        if *last == b'\n' || *last == b'\r' {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+/// The `hello` failover list: this region first, then the others by round-trip time,
+/// leaving out regions known to be down.
+fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>) -> Vec<RegionLink> {
+    let names: Vec<String> = cfg.regions.iter().map(|r| r.region.clone()).collect();
+    let down: Vec<String> =
+        mesh.map(|m| m.peers().into_iter().filter(|p| !p.receiving).map(|p| p.region).collect()).unwrap_or_default();
+    crate::regions::failover_order(&cfg.region, &names)
+        .into_iter()
+        .filter(|r| !down.contains(r))
+        .filter_map(|r| cfg.regions.iter().find(|e| e.region == r))
+        .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
+        .collect()
+}
+
+fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, mut fanout: Fanout, appended: tokio::sync::watch::Sender<u64>) {
+    let mut appended_n = 0u64;
+    let publish = |fanout: &mut Fanout, bytes: &[u8]| {
+        // SAFETY: local records were encoded by `Record::encode` in this process, and
+        // remote ones were validated by the mesh with `access_untrusted`.
+        let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
+        fanout.publish(&rec);
+    };
+    while let Ok(first) = rx.recv() {
+        let mut n = 0u64;
+        for msg in std::iter::once(first).chain(rx.try_iter().take(4096)) {
+            match msg {
+                HubMsg::Local(bytes) => match journal.append(&bytes) {
+                    Ok(_) => {
+                        publish(&mut fanout, &bytes);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal append of a home record failed; record not published")
+                    }
+                },
+                HubMsg::Remote(batch) => {
+                    let mut rest: &[u8] = &batch;
+                    while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
+                        rest = tail;
+                        match journal.append(rec) {
+                            Ok(_) => {
+                                publish(&mut fanout, rec);
+                                n += 1;
+                            }
+                            Err(tickmesh_journal::Error::OutOfOrder { .. }) => {
+                                metrics::counter!("tickmesh_node_duplicates_dropped_total").increment(1);
+                            }
+                            Err(e) => tracing::error!(error = %e, "journal append of a peer record failed"),
+                        }
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            appended_n += n;
+            metrics::counter!("tickmesh_node_records_total").increment(n);
+            appended.send_replace(appended_n);
+        }
+    }
+}
+
+fn run_synthetic(mut feed: SyntheticFeed, mut seq: Sequencer, rate: u32, tx: Sender<HubMsg>, stop: Arc<AtomicBool>) {
+    let mut pacer = Pacer::new(rate, tickmesh_codec::now_ns());
+    while !stop.load(Ordering::Relaxed) {
+        let now = tickmesh_codec::now_ns();
+        for _ in 0..pacer.due(now) {
+            let mut rec = feed.next_record(now);
+            seq.stamp(&mut rec, tickmesh_codec::now_ns());
+            if tx.send(HubMsg::Local(rec.to_bytes())).is_err() {
+                return;
+            }
+        }
+        let wait = pacer.wait_ns(tickmesh_codec::now_ns()).clamp(50_000, 10_000_000);
+        std::thread::sleep(Duration::from_nanos(wait));
+    }
+}
+
+/// The journal as the mesh's record store.
+struct JournalStore(Arc<Journal>);
+
+impl RecordStore for JournalStore {
+    fn positions(&self) -> Vec<(SourceId, u64)> {
+        self.0.positions()
+    }
+    fn cursor(&self, src: &SourceId, after: u64) -> tickmesh_replicate::Result<Box<dyn Cursor>> {
+        Ok(Box::new(JournalCursor { journal: self.0.clone(), src: *src, after, reader: None }))
+    }
+}
+
+struct JournalCursor {
+    journal: Arc<Journal>,
+    src: SourceId,
+    after: u64,
+    reader: Option<tickmesh_journal::Reader>,
+}
+
+impl Cursor for JournalCursor {
+    fn fill(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> tickmesh_replicate::Result<usize> {
+        let store_err = |e: tickmesh_journal::Error| tickmesh_replicate::Error::Store(e.to_string());
+        if self.reader.is_none() {
+            if self.journal.last_seq(&self.src).is_none_or(|l| l <= self.after) {
+                return Ok(0);
+            }
+            self.reader = Some(self.journal.reader(&self.src, self.after + 1).map_err(store_err)?);
+        }
+        let Some(reader) = self.reader.as_mut() else { return Ok(0) };
+        let mut n = 0;
+        while out.len() < max_bytes {
+            match reader.next().map_err(store_err)? {
+                Some(rec) => {
+                    self.after = rec.seq();
+                    frame::put_frame(rec.bytes(), out);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn node_routes(view: Arc<NodeView>) -> Router {
+    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view)
+}
+
+async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
+    let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
+    let mut reasons = Vec::new();
+    if v.shared.is_draining() {
+        reasons.push(format!("region {} is draining", v.cfg.region));
+    }
+    let peer_map: serde_json::Map<String, serde_json::Value> = peers
+        .iter()
+        .map(|p| (p.region.clone(), json!({"receiving": p.receiving, "sending": p.sending, "rtt_ms": p.rtt_ms})))
+        .collect();
+    let ready = reasons.is_empty();
+    let body = json!({"ready": ready, "region": v.cfg.region, "reasons": reasons, "peers": peer_map});
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn regions(State(v): State<Arc<NodeView>>) -> Response {
+    let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
+    let names: Vec<String> = v.cfg.regions.iter().map(|r| r.region.clone()).collect();
+    // Refresh the hello list while we are at it: regions that went down leave it.
+    v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref())));
+    let out: Vec<serde_json::Value> = crate::regions::failover_order(&v.cfg.region, &names)
+        .into_iter()
+        .filter_map(|r| v.cfg.regions.iter().find(|e| e.region == r))
+        .map(|e| {
+            let me = e.region == v.cfg.region;
+            let peer = peers.iter().find(|p| p.region == e.region);
+            let healthy = me || peer.is_some_and(|p| p.receiving);
+            let state = if me && v.shared.is_draining() {
+                "draining"
+            } else if healthy {
+                "active"
+            } else {
+                "down"
+            };
+            json!({
+                "region": e.region, "ws_url": e.ws_url, "http_url": e.http_url, "state": state,
+                "healthy": healthy, "rtt_ms": if me { 0.0 } else { peer.map(|p| p.rtt_ms).unwrap_or(0.0) },
+                "weight": 100, "lag": {},
+            })
+        })
+        .collect();
+    Json(out).into_response()
+}

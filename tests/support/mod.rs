@@ -1,0 +1,150 @@
+//! Helpers for tests that run the real binary: start `tickmesh demo`, read its start-up
+//! lines, connect WebSocket clients. Every process started here is killed on drop.
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A region as `region_up` announced it.
+#[derive(Debug, Clone)]
+pub struct RegionUp {
+    pub region: String,
+    pub pid: u32,
+    pub ws_url: String,
+    pub http_url: String,
+}
+
+/// A running demo; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Demo {
+    child: Child,
+    pub regions: Vec<RegionUp>,
+    pub user_token: String,
+    pub admin_token: String,
+    pub jwt_key_file: String,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts `tickmesh demo --json --port-base 0` with extra arguments and waits for `ready`.
+    pub fn start(extra: &[&str]) -> Demo {
+        let state_dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+            .args(["demo", "--json", "--port-base", "0", "--state-dir"])
+            .arg(state_dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tickmesh demo");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut demo = Demo {
+            child,
+            regions: Vec::new(),
+            user_token: String::new(),
+            admin_token: String::new(),
+            jwt_key_file: String::new(),
+            state_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("demo did not print `ready` within 90 s");
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("demo printed a non-JSON line {line:?}: {e}"));
+            match v["event"].as_str() {
+                Some("region_up") => demo.regions.push(RegionUp {
+                    region: v["region"].as_str().unwrap().into(),
+                    pid: v["pid"].as_u64().unwrap() as u32,
+                    ws_url: v["ws_url"].as_str().unwrap().into(),
+                    http_url: v["http_url"].as_str().unwrap().into(),
+                }),
+                Some("tokens") => {
+                    demo.user_token = v["user"].as_str().unwrap().into();
+                    demo.admin_token = v["admin"].as_str().unwrap().into();
+                    demo.jwt_key_file = v["jwt_key_file"].as_str().unwrap().into();
+                }
+                Some("ready") => break,
+                other => panic!("unexpected demo line {other:?}: {line}"),
+            }
+        }
+        demo
+    }
+
+    /// SIGKILLs one region's process.
+    pub fn kill_region(&self, region: &str) {
+        let r = self.regions.iter().find(|r| r.region == region).expect("region");
+        // SAFETY: a plain syscall on a pid the demo reported.
+        unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SAFETY: a plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects with the token in the query and returns the socket and the `hello`.
+pub async fn connect(ws_url: &str, token: &str, query: &str) -> (Ws, Value) {
+    let url = format!("{ws_url}?token={token}{query}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+    let hello = next_json(&mut ws, Duration::from_secs(5)).await.expect("hello");
+    assert_eq!(hello["type"], "hello", "first message must be hello: {hello}");
+    (ws, hello)
+}
+
+/// The next text message as JSON, or None on timeout/close.
+pub async fn next_json(ws: &mut Ws, limit: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()?;
+        match msg {
+            Message::Text(t) => return Some(serde_json::from_str(t.as_str()).expect("server sent invalid JSON")),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// Sends a JSON request.
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.expect("send");
+}
+
+/// Sends `req` and returns the reply with the same id (data messages in between are skipped).
+pub async fn request(ws: &mut Ws, req: Value) -> Value {
+    let id = req["id"].clone();
+    send(ws, req).await;
+    loop {
+        let v = next_json(ws, Duration::from_secs(5)).await.expect("reply");
+        if v.get("id") == Some(&id) || (v["type"] == "error" && v.get("id").is_none()) {
+            return v;
+        }
+    }
+}
