@@ -49,7 +49,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub gateway: GatewayConfig,
     /// The journal.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub journal: JournalConfig,
     /// The inter-region mesh; absent for a single-region node.
     #[serde(default)]

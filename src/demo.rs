@@ -141,7 +141,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 peers: regions
                     .iter()
                     .filter(|p| p.name != r.name)
-                    .map(|p| PeerConfig { region: p.name.clone(), addr: p.mesh })
+                    .map(|p| PeerConfig { region: p.name.clone(), addr: p.mesh.to_string() })
                     .collect(),
                 tls: TlsFiles {
                     ca_cert: pki.join("ca.pem"),

@@ -8,10 +8,12 @@
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
+//! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
+pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod http_get;

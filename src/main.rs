@@ -49,6 +49,16 @@ enum Cmd {
         #[arg(long, default_value = "off")]
         wan: String,
     },
+    /// Manage the mesh's private CA and region certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// Print a signed client token.
     Token {
         /// HS256 key file (as the regions trust it).
@@ -75,6 +85,46 @@ enum Cmd {
         /// Absolute expiry, Unix seconds.
         #[arg(long)]
         exp: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Ingest-to-client latency through real region processes on this machine.
+    E2e {
+        /// Regions to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1,ap-southeast-1")]
+        regions: Vec<String>,
+        /// Records per second per region.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Create a new CA (ca.pem, ca.key) in --dir.
+    Init {
+        /// Directory for the CA files.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// CA common name.
+        #[arg(long, default_value = "tickmesh mesh CA")]
+        name: String,
+    },
+    /// Issue REGION.pem and REGION.key, signed by the CA in --dir.
+    Issue {
+        /// Region name (the certificate names it; peers check it).
+        region: String,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
     },
 }
 
@@ -135,6 +185,15 @@ fn main() -> anyhow::Result<()> {
             }
             init_tracing(None);
             demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed })
+        }
+        Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
+        Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
+        Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration } } => {
+            tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
+                regions,
+                rate,
+                duration: std::time::Duration::from_secs(duration),
+            })
         }
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {
             let secret = std::fs::read(&key).with_context(|| format!("reading the key file {}", key.display()))?;

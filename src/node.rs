@@ -112,7 +112,14 @@ impl Node {
         let mut home = Vec::new();
         for f in &cfg.feeds {
             match f {
-                FeedConfig::Synthetic(s) => home.push(SourceId::new(&s.source)?),
+                FeedConfig::Synthetic(s) => {
+                    let src = SourceId::new(&s.source)?;
+                    // Known before the first record, so an early subscribe is not refused.
+                    for sym in &s.symbols {
+                        shared.learn_symbol(sym, src);
+                    }
+                    home.push(src);
+                }
             }
         }
 

@@ -160,7 +160,7 @@ fn write_fixed(v: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(buf.format(int).as_bytes());
     if frac != 0 {
         let mut width = 9;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }

@@ -45,7 +45,7 @@ macro_rules! ascii_id {
 
         impl $arch {
             /// The text, without padding. Valid UTF-8 is guaranteed for records that
-            /// passed [`crate::validate`]; anything else renders as an empty string.
+            /// passed [`crate::access_untrusted`]; anything else renders as an empty string.
             pub fn as_str(&self) -> &str {
                 id_str(&self.0)
             }

@@ -295,7 +295,7 @@ impl<'a> RecordRef<'a> {
     /// Source id.
     pub fn source_id(&self) -> SourceId {
         // Validated on access, so the bytes form a valid id.
-        SourceId::from_bytes(&self.header.src.padded()).unwrap_or_else(|_| unreachable_id())
+        SourceId::from_bytes(self.header.src.padded()).unwrap_or_else(|_| unreachable_id())
     }
     /// Sequence number.
     pub fn seq(&self) -> u64 {
@@ -335,7 +335,7 @@ impl<'a> RecordRef<'a> {
             seq: Seq(self.seq()),
             ts_event: self.ts_event(),
             ts_ingest: self.ts_ingest(),
-            sym: Symbol::from_bytes(&h.sym.padded()).unwrap_or_else(|_| unreachable_sym()),
+            sym: Symbol::from_bytes(h.sym.padded()).unwrap_or_else(|_| unreachable_sym()),
         };
         let body = match self.body {
             BodyRef::Trade(t) => Body::Trade(Trade { px: t.px.get(), qty: t.qty.get(), side: t.side.get() }),
@@ -387,8 +387,8 @@ pub fn access_untrusted(bytes: &[u8]) -> Result<RecordRef<'_>> {
     if bytes.len() != HEADER_LEN + body_len {
         return Err(Error::Truncated { got: bytes.len(), need: HEADER_LEN + body_len });
     }
-    SourceId::from_bytes(&header.src.padded())?;
-    Symbol::from_bytes(&header.sym.padded())?;
+    SourceId::from_bytes(header.src.padded())?;
+    Symbol::from_bytes(header.sym.padded())?;
     let body_bytes = &bytes[HEADER_LEN..];
     let body = match kind {
         RecordKind::Trade => BodyRef::Trade(

@@ -230,8 +230,8 @@ impl SessionState {
     fn subscribe(&mut self, core: &Core, s: protocol::Subscribe) {
         let claims = &self.params.claims;
         for c in &s.channel_list {
-            if *c == "orders" {
-                if claims.home.as_deref() != Some(core.shared.region()) {
+            if *c == "orders" && claims.home.as_deref() != Some(core.shared.region()) {
+                {
                     let home = claims.home.as_deref().unwrap_or("(none in token)");
                     return self.refuse(&Refusal {
                         id: s.id.clone(),

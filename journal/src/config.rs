@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// power loss only the last segment of a source can have a torn tail, which
 /// [`crate::Journal::open`] repairs. A sealed segment with a bad record is therefore real
 /// corruption and is reported, never cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
     /// Never fsync on append; the OS writes pages back when it likes. A process crash
@@ -28,7 +28,7 @@ pub enum FsyncPolicy {
 
 /// Journal settings. Every field has a default (see [`Default`]), so an empty TOML table
 /// is a valid config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JournalConfig {
     /// A segment is sealed and a new one started when the next record would take the

@@ -303,7 +303,7 @@ impl Journal {
     pub fn sync(&self) -> Result<()> {
         let mut first_err = None;
         for log in self.inner.all() {
-            if let Err(e) = log.sync() {
+            if let Err(e) = log.sync(true) {
                 first_err.get_or_insert(e);
             }
         }
@@ -393,7 +393,7 @@ fn run_syncer(inner: &Inner) {
         for log in inner.all() {
             if log.needs_sync() {
                 // The error is logged and remembered by the source itself.
-                let _ = log.sync();
+                let _ = log.sync(false);
             }
         }
         inner.durable.notify();

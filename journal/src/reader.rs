@@ -77,7 +77,8 @@ impl Reader {
     }
 
     /// The next record, `Ok(None)` if there is none yet.
-    #[allow(clippy::should_implement_trait)] // lends from the reader's buffer; not an Iterator
+    // Not `Iterator::next`: the record borrows the reader's buffer (a lending iterator).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<RecordRef<'_>>> {
         let (start, len) = loop {
             let Some(seg) = self.seg.as_ref() else {

@@ -345,15 +345,14 @@ impl SourceLog {
         Ok(seg)
     }
 
-    /// fsyncs the last segment if records are waiting, without the writer lock. Used by the
-    /// `journal-sync` thread and `Journal::sync`. A source that already failed is skipped.
-    pub(crate) fn sync(&self) -> Result<()> {
-        if self.failed.load(Ordering::Acquire) {
-            return self.check_failed();
-        }
+    /// fsyncs the last segment without the writer lock, if records wait for it or if
+    /// `force` (with `FsyncPolicy::Never`, `durable_seq` never lags, but `Journal::sync`
+    /// still means "on disk now"). Used by the `journal-sync` thread and `Journal::sync`.
+    pub(crate) fn sync(&self, force: bool) -> Result<()> {
+        self.check_failed()?;
         // Read the seq first, then the segment list: see the module doc.
         let written = self.last_seq.load(Ordering::Acquire);
-        if written == 0 || self.durable_seq.load(Ordering::SeqCst) >= written {
+        if written == 0 || (!force && self.durable_seq.load(Ordering::SeqCst) >= written) {
             return Ok(());
         }
         self.unsynced.store(0, Ordering::Relaxed);

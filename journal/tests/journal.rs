@@ -219,6 +219,18 @@ fn journal_with(dir: &Path, n: u64) -> PathBuf {
     segments(dir, "S").pop().unwrap()
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir(to.join(e.file_name())).unwrap();
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn truncation_anywhere_in_the_last_two_records_is_cut_and_reported() {
     let f = frame_len();
@@ -229,7 +241,8 @@ fn truncation_anywhere_in_the_last_two_records_is_cut_and_reported() {
     assert!(full >= 2 * f);
     for cut_at in (full - 2 * f)..full {
         let dir = tempfile::tempdir().unwrap();
-        let last = journal_with(dir.path(), n);
+        copy_dir(probe.path(), dir.path());
+        let last = dir.path().join("S").join(last.file_name().unwrap());
         OpenOptions::new().write(true).open(&last).unwrap().set_len(cut_at).unwrap();
         let (j, report) = Journal::open(dir.path(), small_cfg()).unwrap();
         let s = report.source(&sid("S")).unwrap();

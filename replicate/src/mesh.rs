@@ -27,8 +27,9 @@ use crate::tls::Credentials;
 pub struct PeerConfig {
     /// Region name (must match the name in its certificate).
     pub region: String,
-    /// UDP address of its mesh endpoint.
-    pub addr: SocketAddr,
+    /// Its mesh endpoint, `host:port` (a DNS name is resolved at every dial, so a peer
+    /// that moves keeps being found).
+    pub addr: String,
 }
 
 /// The `[mesh]` section of a node's configuration.
@@ -63,6 +64,12 @@ impl MeshConfig {
             if p.region == region {
                 problems.push(format!(
                     "mesh.peers[{i}].region is this node's own region {region}; list only other regions"
+                ));
+            }
+            if !p.addr.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) {
+                problems.push(format!(
+                    "mesh.peers[{i}].addr {:?} is not host:port; write it like \"eu-west-1.mesh.example.com:4433\"",
+                    p.addr
                 ));
             }
             if !seen.insert(&p.region) {
@@ -321,8 +328,15 @@ async fn pull_once(
     counters: &PeerCounters,
 ) -> Result<()> {
     let perr = |what: String| Error::Protocol { peer: peer.region.clone(), what };
+    let addr = tokio::net::lookup_host(peer.addr.as_str())
+        .await
+        .map_err(|e| {
+            perr(format!("mesh.peers addr {:?} did not resolve ({e}); check the name or use an IP address", peer.addr))
+        })?
+        .next()
+        .ok_or_else(|| perr(format!("mesh.peers addr {:?} resolved to no address", peer.addr)))?;
     let conn = endpoint
-        .connect(peer.addr, &peer.region)
+        .connect(addr, &peer.region)
         .map_err(|e| perr(format!("connect: {e}")))?
         .await
         .map_err(|e| perr(format!("handshake: {e}")))?;

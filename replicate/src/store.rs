@@ -20,10 +20,13 @@ pub trait Cursor: Send {
     fn fill(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> Result<usize>;
 }
 
+/// Records of each source as `(seq, bytes)`, in order.
+type BySource = std::collections::BTreeMap<SourceId, Vec<(u64, Vec<u8>)>>;
+
 /// An in-memory store, for tests and simulations.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: std::sync::RwLock<std::collections::BTreeMap<SourceId, Vec<(u64, Vec<u8>)>>>,
+    inner: std::sync::RwLock<BySource>,
 }
 
 impl MemoryStore {

@@ -148,3 +148,8 @@ pub async fn request(ws: &mut Ws, req: Value) -> Value {
         }
     }
 }
+
+/// Sends raw text.
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.to_owned().into())).await.expect("send");
+}

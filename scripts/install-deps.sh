@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine. Idempotent: a second run only
+# checks. Called by scripts/test.sh (and so by CI); developers may run it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Python tools used by tests (third-party reference parsers and clients arrive with their
+# issues); one venv for all of them, pinned in scripts/requirements-test.txt.
+VENV=.venv
+if [[ ! -x $VENV/bin/python ]]; then
+  python3 -m venv "$VENV"
+fi
+if ! cmp -s scripts/requirements-test.txt "$VENV/.installed" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
+  cp scripts/requirements-test.txt "$VENV/.installed"
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+cargo clippy --version >/dev/null
+cargo fmt --version >/dev/null

@@ -1,0 +1,4 @@
+//! Subcommands of the binary that are more than a few lines.
+
+pub mod bench;
+pub mod certs;
