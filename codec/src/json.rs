@@ -5,53 +5,232 @@
 //! (ids and symbols) is validated ASCII, so escaping is a scan for `"` and `\`.
 
 use crate::fixed::{Px, Qty};
-use crate::record::{BodyRef, RecordRef, FLAG_CONFLATED};
+use crate::record::{BodyRef, RecordKind, RecordRef, Side, FLAG_CONFLATED};
 
-/// Appends the JSON object for `rec` (no trailing newline) to `out`.
+/// The `type` of the JSON message for a record kind.
+pub fn type_name(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Trade => "trade",
+        RecordKind::Quote => "quote",
+        RecordKind::Level => "book",
+        RecordKind::OrderAdd => "order_add",
+        RecordKind::OrderModify => "order_modify",
+        RecordKind::OrderCancel => "order_cancel",
+        RecordKind::OrderExecute => "order_execute",
+        RecordKind::OrderReplace => "order_replace",
+        RecordKind::Status => "status",
+        RecordKind::Instrument => "instrument",
+        RecordKind::Bar => "bar",
+        RecordKind::Statistic => "statistic",
+        RecordKind::Imbalance => "imbalance",
+        RecordKind::OrderUpdate => "order",
+    }
+}
+
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    n: itoa::Buffer,
+}
+
+impl Obj<'_> {
+    fn key(&mut self, k: &str) {
+        self.out.push(b',');
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+    fn u64(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let s = self.n.format(v);
+        self.out.extend_from_slice(s.as_bytes());
+    }
+    fn i64(&mut self, k: &str, v: i64) {
+        self.key(k);
+        let s = self.n.format(v);
+        self.out.extend_from_slice(s.as_bytes());
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        write_str(v, self.out);
+    }
+    fn px(&mut self, k: &str, v: Px) {
+        self.key(k);
+        write_px(v, self.out);
+    }
+    fn qty(&mut self, k: &str, v: Qty) {
+        self.key(k);
+        write_qty(v, self.out);
+    }
+    fn raw(&mut self, k: &str, v: &[u8]) {
+        self.key(k);
+        self.out.extend_from_slice(v);
+    }
+}
+
+fn ascii(b: &[u8]) -> &str {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).unwrap_or("")
+}
+
+/// Appends the JSON object for `rec` (no trailing newline) to `out`: the protocol's data
+/// message for kinds that have a channel, and a message of the same style (`type` from
+/// [`type_name`]) for order-level and reference kinds.
 pub fn write_json(rec: &RecordRef<'_>, out: &mut Vec<u8>) {
-    let mut n = itoa::Buffer::new();
-    let ty = match rec.body() {
-        BodyRef::Trade(_) => "trade",
-        BodyRef::Quote(_) => "quote",
-    };
     out.extend_from_slice(b"{\"type\":\"");
-    out.extend_from_slice(ty.as_bytes());
-    out.extend_from_slice(b"\",\"src\":");
-    write_str(rec.src(), out);
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(n.format(rec.seq()).as_bytes());
-    out.extend_from_slice(b",\"sym\":");
-    write_str(rec.sym(), out);
-    out.extend_from_slice(b",\"ts\":");
-    out.extend_from_slice(n.format(rec.ts_event()).as_bytes());
-    out.extend_from_slice(b",\"ts_ingest\":");
-    out.extend_from_slice(n.format(rec.ts_ingest()).as_bytes());
+    out.extend_from_slice(type_name(rec.kind()).as_bytes());
+    out.push(b'"');
+    let mut o = Obj { out, n: itoa::Buffer::new() };
+    o.str("src", rec.src());
+    o.u64("seq", rec.seq());
+    o.str("sym", rec.sym());
+    o.u64("ts", rec.ts_event());
+    if rec.kind() != RecordKind::Status {
+        o.u64("ts_ingest", rec.ts_ingest());
+    }
     match rec.body() {
         BodyRef::Trade(t) => {
-            out.extend_from_slice(b",\"px\":");
-            write_px(t.px.get(), out);
-            out.extend_from_slice(b",\"qty\":");
-            write_qty(t.qty.get(), out);
-            out.extend_from_slice(b",\"side\":\"");
-            out.extend_from_slice(t.side.get().as_str().as_bytes());
-            out.push(b'"');
+            o.px("px", t.px.get());
+            o.qty("qty", t.qty.get());
+            o.str("side", t.side.get().as_str());
         }
         BodyRef::Quote(q) => {
             let (bp, bq, ap, aq) = (q.bid_px.get(), q.bid_qty.get(), q.ask_px.get(), q.ask_qty.get());
-            out.extend_from_slice(b",\"bid_px\":");
-            write_px(bp, out);
-            out.extend_from_slice(b",\"bid_qty\":");
-            write_side_qty(bp, bq, out);
-            out.extend_from_slice(b",\"ask_px\":");
-            write_px(ap, out);
-            out.extend_from_slice(b",\"ask_qty\":");
-            write_side_qty(ap, aq, out);
+            o.px("bid_px", bp);
+            o.key("bid_qty");
+            write_side_qty(bp, bq, o.out);
+            o.px("ask_px", ap);
+            o.key("ask_qty");
+            write_side_qty(ap, aq, o.out);
+        }
+        BodyRef::Level(l) => {
+            let mut level = Vec::with_capacity(48);
+            level.extend_from_slice(b"[[");
+            write_px(l.px.get(), &mut level);
+            level.push(b',');
+            write_qty(l.qty.get(), &mut level);
+            level.extend_from_slice(b"]]");
+            let (bids, asks): (&[u8], &[u8]) = match l.side.get() {
+                Side::Buy => (&level, b"[]"),
+                _ => (b"[]", &level),
+            };
+            o.raw("bids", bids);
+            o.raw("asks", asks);
+        }
+        BodyRef::OrderAdd(a) => {
+            o.u64("order_id", a.order_id.to_native());
+            o.str("side", book_side(a.side.get()));
+            o.px("px", a.px.get());
+            o.qty("qty", a.qty.get());
+        }
+        BodyRef::OrderModify(a) => {
+            o.u64("order_id", a.order_id.to_native());
+            o.str("side", book_side(a.side.get()));
+            o.px("px", a.px.get());
+            o.qty("qty", a.qty.get());
+        }
+        BodyRef::OrderCancel(c) => {
+            o.u64("order_id", c.order_id.to_native());
+            o.str("side", book_side(c.side.get()));
+            o.px("px", c.px.get());
+            o.qty("cancelled", c.cancelled.get());
+            o.qty("remaining", c.remaining.get());
+        }
+        BodyRef::OrderExecute(e) => {
+            o.u64("order_id", e.order_id.to_native());
+            o.str("side", book_side(e.side.get()));
+            o.px("px", e.px.get());
+            o.qty("qty", e.qty.get());
+            o.qty("remaining", e.remaining.get());
+            o.u64("match_id", e.match_id.to_native());
+        }
+        BodyRef::OrderReplace(r) => {
+            o.u64("order_id", r.order_id.to_native());
+            o.u64("new_order_id", r.new_order_id.to_native());
+            o.str("side", book_side(r.side.get()));
+            o.px("px", r.px.get());
+            o.qty("qty", r.qty.get());
+        }
+        BodyRef::Status(s) => {
+            o.str("state", s.state.get().as_str());
+            let reason = ascii(&s.reason);
+            if !reason.is_empty() {
+                o.str("reason", reason);
+            }
+        }
+        BodyRef::Instrument(i) => {
+            o.u64("instrument_id", u64::from(rec.instrument().0));
+            o.str("kind", i.kind.get().as_str());
+            o.str("currency", ascii(&i.currency));
+            o.px("tick_size", i.tick_size.get());
+            o.qty("lot_size", i.lot_size.get());
+            o.i64("multiplier", i.multiplier.to_native());
+            o.u64("expiration", i.expiration.to_native());
+            o.px("strike", i.strike.get());
+            o.str("underlying", ascii(&i.underlying));
+        }
+        BodyRef::Bar(b) => {
+            o.u64("interval_ns", b.interval_ns.to_native());
+            o.px("open", b.open.get());
+            o.px("high", b.high.get());
+            o.px("low", b.low.get());
+            o.px("close", b.close.get());
+            o.qty("volume", b.volume.get());
+        }
+        BodyRef::Statistic(st) => {
+            o.u64("stat_type", u64::from(st.stat_type.to_native()));
+            o.px("px", st.px.get());
+            let q = st.qty.get();
+            if q.raw() == i64::MAX {
+                o.raw("qty", b"null");
+            } else {
+                o.qty("qty", q);
+            }
+            o.u64("action", u64::from(st.action));
+        }
+        BodyRef::Imbalance(im) => {
+            o.str("side", book_side(im.side.get()));
+            o.qty("paired_qty", im.paired_qty.get());
+            o.qty("imbalance_qty", im.imbalance_qty.get());
+            o.px("ref_px", im.ref_px.get());
+            o.px("near_px", im.near_px.get());
+            o.px("far_px", im.far_px.get());
+            let ct = [im.cross_type];
+            o.str("cross_type", ascii(&ct));
+        }
+        BodyRef::OrderUpdate(u) => {
+            o.str("order_id", ascii(&u.order_id));
+            o.str("status", order_status(u.status));
+            o.str("side", u.side.get().as_str());
+            o.px("px", u.px.get());
+            o.qty("qty", u.qty.get());
+            o.qty("filled_qty", u.filled_qty.get());
         }
     }
     if rec.flags() & FLAG_CONFLATED != 0 {
-        out.extend_from_slice(b",\"conflated\":true");
+        o.raw("conflated", b"true");
     }
     out.push(b'}');
+}
+
+/// Spelling of a book side.
+pub const fn book_side(s: Side) -> &'static str {
+    match s {
+        Side::Buy => "bid",
+        Side::Sell => "ask",
+        Side::None => "none",
+    }
+}
+
+/// Spelling of an [`crate::OrderUpdate`] status.
+pub const fn order_status(s: u8) -> &'static str {
+    match s {
+        1 => "new",
+        2 => "partially_filled",
+        3 => "filled",
+        4 => "cancelled",
+        5 => "rejected",
+        _ => "unknown",
+    }
 }
 
 /// The JSON text of `rec` as a `String`.

@@ -33,8 +33,9 @@ pub use error::{Error, Result};
 pub use fixed::{Px, Qty, SCALE};
 pub use ids::{InstrumentId, Seq, SourceId, Symbol};
 pub use record::{
-    access_trusted, access_untrusted, Body, BodyRef, Header, Meta, Quote, Record, RecordKind, RecordRef, Side, Trade,
-    FLAG_CONFLATED, FORMAT_VERSION, HEADER_LEN,
+    access_trusted, access_untrusted, Bar, Body, BodyRef, Header, Imbalance, Instrument, InstrumentKind, Level, Meta,
+    OrderAdd, OrderCancel, OrderExecute, OrderModify, OrderReplace, OrderUpdate, Quote, Record, RecordKind, RecordRef,
+    Side, Statistic, Status, Trade, TradingState, FLAG_CONFLATED, FORMAT_VERSION, HEADER_LEN,
 };
 
 /// Wall-clock now in ns since the Unix epoch (for `ts_ingest` and the synthetic feed).
@@ -60,16 +61,77 @@ mod roundtrip {
                 };
                 let side = [Side::None, Side::Buy, Side::Sell][side as usize];
                 let body = if is_trade {
-                    Body::Trade(Trade { px: Px(px), qty: Qty(qty), side })
+                    Body::Trade(Trade { px: Px(px), qty: Qty(qty), side, match_id: seq })
                 } else {
-                    Body::Quote(Quote { bid_px: Px(px), bid_qty: Qty(qty), ask_px: Px(qty), ask_qty: Qty(px) })
+                    Body::Quote(Quote {
+                        bid_px: Px(px),
+                        bid_qty: Qty(qty),
+                        ask_px: Px(qty),
+                        ask_qty: Qty(px),
+                        bid_count: inst,
+                        ask_count: 1,
+                    })
                 };
                 Record::new(meta, body)
             },
         )
     }
 
+    fn any_side() -> impl Strategy<Value = Side> {
+        prop_oneof![Just(Side::None), Just(Side::Buy), Just(Side::Sell)]
+    }
+
+    fn ascii<const N: usize>() -> impl Strategy<Value = [u8; N]> {
+        proptest::collection::vec(b'A'..=b'Z', 0..N).prop_map(|v| {
+            let mut a = [0u8; N];
+            a[..v.len()].copy_from_slice(&v);
+            a
+        })
+    }
+
+    /// One body of every kind, with arbitrary field values.
+    fn any_body() -> impl Strategy<Value = Body> {
+        let (p, q, u) = (any::<i64>().prop_map(Px), any::<i64>().prop_map(Qty), any::<u64>());
+        prop_oneof![
+            (p.clone(), q.clone(), any_side(), u.clone()).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade { px, qty, side, match_id })),
+            (p.clone(), q.clone(), any::<u32>()).prop_map(|(px, qty, c)| Body::Quote(Quote { bid_px: px, bid_qty: qty, ask_px: px, ask_qty: qty, bid_count: c, ask_count: c })),
+            (any_side(), p.clone(), q.clone(), any::<u32>()).prop_map(|(side, px, qty, count)| Body::Level(Level { side, px, qty, count })),
+            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd { order_id, side, px, qty })),
+            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
+            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, cancelled)| Body::OrderCancel(OrderCancel { order_id, side, px, cancelled, remaining: cancelled })),
+            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id })),
+            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(OrderReplace { order_id, new_order_id: order_id ^ 1, side, px, qty })),
+            (0u8..8, ascii::<8>()).prop_map(|(st, reason)| Body::Status(Status { state: [TradingState::Unknown, TradingState::PreOpen, TradingState::Trading, TradingState::Halted, TradingState::Paused, TradingState::Quoting, TradingState::Auction, TradingState::Closed][st as usize], reason })),
+            (ascii::<8>(), p.clone(), q.clone(), ascii::<24>()).prop_map(|(currency, tick_size, lot_size, underlying)| Body::Instrument(Instrument { kind: InstrumentKind::Future, currency, tick_size, lot_size, multiplier: 5, expiration: 7, strike: Px::NULL, underlying })),
+            (u.clone(), p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar { interval_ns, open: px, high: px, low: px, close: px, volume })),
+            (any::<u16>(), p.clone(), q.clone(), any::<u8>()).prop_map(|(stat_type, px, qty, action)| Body::Statistic(Statistic { stat_type, px, qty, action })),
+            (any_side(), q.clone(), p.clone(), any::<u8>()).prop_map(|(side, qty, px, cross_type)| Body::Imbalance(Imbalance { side, paired_qty: qty, imbalance_qty: qty, ref_px: px, near_px: px, far_px: px, cross_type })),
+            (ascii::<24>(), ascii::<24>(), 1u8..6, any_side(), p, q).prop_map(|(order_id, user, status, side, px, qty)| Body::OrderUpdate(OrderUpdate { order_id, user, status, side, px, qty, filled_qty: qty })),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn every_kind_round_trips_and_renders(body in any_body(), seq in any::<u64>()) {
+            let meta = Meta {
+                src: SourceId::new("GLBX.MDP3").unwrap(),
+                seq: Seq(seq),
+                instrument: InstrumentId(42),
+                sym: Symbol::new("ESH4").unwrap(),
+                ts_event: 1,
+                ts_ingest: 2,
+            };
+            let rec = Record::new(meta, body);
+            let b = rec.to_bytes();
+            prop_assert_eq!(b.len(), HEADER_LEN + body.kind().body_len());
+            let r = access_untrusted(&b).unwrap();
+            prop_assert_eq!(r.to_owned(), rec);
+            let text = json::to_json(&r);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(v["type"].as_str().unwrap(), json::type_name(body.kind()));
+            prop_assert_eq!(v["seq"].as_u64().unwrap(), seq);
+        }
+
         #[test]
         fn encode_then_validate_round_trips(rec in any_record()) {
             let b = rec.to_bytes();

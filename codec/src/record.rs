@@ -14,42 +14,6 @@ use rkyv::rancor;
 /// Version of the byte layout, stored in every header.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// What a record's body holds. The numeric values are part of the format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-#[non_exhaustive]
-pub enum RecordKind {
-    /// A trade print ([`Trade`]).
-    Trade = 1,
-    /// A best bid and offer ([`Quote`]).
-    Quote = 2,
-}
-
-impl RecordKind {
-    /// From the header byte.
-    pub fn from_u8(v: u8) -> Result<Self> {
-        match v {
-            1 => Ok(Self::Trade),
-            2 => Ok(Self::Quote),
-            other => Err(Error::UnknownKind(other)),
-        }
-    }
-    /// Size of this kind's archived body in bytes.
-    pub const fn body_len(self) -> usize {
-        match self {
-            Self::Trade => TRADE_LEN,
-            Self::Quote => QUOTE_LEN,
-        }
-    }
-    /// The protocol's channel for records of this kind.
-    pub const fn channel(self) -> &'static str {
-        match self {
-            Self::Trade => "trades",
-            Self::Quote => "quotes",
-        }
-    }
-}
-
 /// The header every record starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -81,21 +45,22 @@ pub struct Header {
 /// Header flag: the record was merged by a slow-consumer policy (gateway output only).
 pub const FLAG_CONFLATED: u16 = 1;
 
-/// Which side was the aggressor of a trade. Byte values are part of the format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// Which side: the aggressor of a trade, or the side of the book an order or level rests on
+/// (`Buy` = bid, `Sell` = ask). Byte values are part of the format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
 #[repr(u8)]
 pub enum Side {
     /// Not known, or a cross.
     None = 0,
-    /// The buyer took liquidity.
+    /// Buyer (aggressor) / bid side.
     Buy = 1,
-    /// The seller took liquidity.
+    /// Seller (aggressor) / ask side.
     Sell = 2,
 }
 
 impl Side {
-    /// Protocol spelling.
+    /// Protocol spelling for a trade's aggressor.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
@@ -116,38 +81,451 @@ impl ArchivedSide {
     }
 }
 
-/// A trade print.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(derive(Debug))]
-pub struct Trade {
-    /// Price.
-    pub px: Px,
-    /// Quantity.
-    pub qty: Qty,
-    /// Aggressor side.
-    pub side: Side,
+/// Trading state of an instrument (the protocol's `status.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
+#[repr(u8)]
+pub enum TradingState {
+    /// Not known.
+    Unknown = 0,
+    /// Before the open (orders may be entered, nothing trades).
+    PreOpen = 1,
+    /// Continuous trading.
+    Trading = 2,
+    /// Halted by the venue or a regulator.
+    Halted = 3,
+    /// Paused (e.g. a limit-up/limit-down pause).
+    Paused = 4,
+    /// Quotation only (orders and quotes, no trades).
+    Quoting = 5,
+    /// In an auction or cross.
+    Auction = 6,
+    /// Closed for the day.
+    Closed = 7,
 }
 
-/// Best bid and offer. An empty side has price [`Px::NULL`] and quantity 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(derive(Debug))]
-pub struct Quote {
-    /// Best bid price, or [`Px::NULL`].
-    pub bid_px: Px,
-    /// Quantity at the best bid.
-    pub bid_qty: Qty,
-    /// Best ask price, or [`Px::NULL`].
-    pub ask_px: Px,
-    /// Quantity at the best ask.
-    pub ask_qty: Qty,
+impl TradingState {
+    /// Protocol spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::PreOpen => "pre_open",
+            Self::Trading => "trading",
+            Self::Halted => "halted",
+            Self::Paused => "paused",
+            Self::Quoting => "quoting",
+            Self::Auction => "auction",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl ArchivedTradingState {
+    /// Native value.
+    pub fn get(&self) -> TradingState {
+        match self {
+            Self::Unknown => TradingState::Unknown,
+            Self::PreOpen => TradingState::PreOpen,
+            Self::Trading => TradingState::Trading,
+            Self::Halted => TradingState::Halted,
+            Self::Paused => TradingState::Paused,
+            Self::Quoting => TradingState::Quoting,
+            Self::Auction => TradingState::Auction,
+            Self::Closed => TradingState::Closed,
+        }
+    }
+}
+
+/// What an instrument is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
+#[repr(u8)]
+pub enum InstrumentKind {
+    /// Not known.
+    Other = 0,
+    /// A share, ETF or other equity.
+    Equity = 1,
+    /// A future.
+    Future = 2,
+    /// An option.
+    Option = 3,
+    /// A spread or combination.
+    Spread = 4,
+    /// A spot currency or crypto pair.
+    Spot = 5,
+    /// A perpetual swap.
+    Perpetual = 6,
+}
+
+impl InstrumentKind {
+    /// Text spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Equity => "equity",
+            Self::Future => "future",
+            Self::Option => "option",
+            Self::Spread => "spread",
+            Self::Spot => "spot",
+            Self::Perpetual => "perpetual",
+        }
+    }
+}
+
+impl ArchivedInstrumentKind {
+    /// Native value.
+    pub fn get(&self) -> InstrumentKind {
+        match self {
+            Self::Other => InstrumentKind::Other,
+            Self::Equity => InstrumentKind::Equity,
+            Self::Future => InstrumentKind::Future,
+            Self::Option => InstrumentKind::Option,
+            Self::Spread => InstrumentKind::Spread,
+            Self::Spot => InstrumentKind::Spot,
+            Self::Perpetual => InstrumentKind::Perpetual,
+        }
+    }
+}
+
+macro_rules! body_struct {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        #[rkyv(derive(Debug))]
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+    };
+}
+
+body_struct!(
+    /// A trade print.
+    Trade {
+        /// Price.
+        px: Px,
+        /// Quantity.
+        qty: Qty,
+        /// Aggressor side.
+        side: Side,
+        /// The venue's match or trade id (0 if none).
+        match_id: u64,
+    }
+);
+body_struct!(
+    /// Best bid and offer. An empty side has price [`Px::NULL`] and quantity 0.
+    Quote {
+        /// Best bid price, or [`Px::NULL`].
+        bid_px: Px,
+        /// Quantity at the best bid.
+        bid_qty: Qty,
+        /// Best ask price, or [`Px::NULL`].
+        ask_px: Px,
+        /// Quantity at the best ask.
+        ask_qty: Qty,
+        /// Orders at the best bid (0 if not known).
+        bid_count: u32,
+        /// Orders at the best ask (0 if not known).
+        ask_count: u32,
+    }
+);
+body_struct!(
+    /// One price level's new state (the `book` channel): quantity 0 removes the level.
+    Level {
+        /// `Buy` for bids, `Sell` for asks.
+        side: Side,
+        /// The level's price.
+        px: Px,
+        /// Total quantity now resting at the level.
+        qty: Qty,
+        /// Orders at the level (0 if not known).
+        count: u32,
+    }
+);
+body_struct!(
+    /// A new resting order.
+    OrderAdd {
+        /// Venue order id.
+        order_id: u64,
+        /// Book side.
+        side: Side,
+        /// Limit price.
+        px: Px,
+        /// Quantity.
+        qty: Qty,
+    }
+);
+body_struct!(
+    /// An order's price or quantity changed (it keeps its id).
+    OrderModify {
+        /// Venue order id.
+        order_id: u64,
+        /// Book side.
+        side: Side,
+        /// New price.
+        px: Px,
+        /// New quantity.
+        qty: Qty,
+    }
+);
+body_struct!(
+    /// Quantity removed from an order by its owner; `remaining` 0 means deleted.
+    OrderCancel {
+        /// Venue order id.
+        order_id: u64,
+        /// Book side.
+        side: Side,
+        /// The order's price.
+        px: Px,
+        /// Quantity cancelled.
+        cancelled: Qty,
+        /// Quantity left on the book.
+        remaining: Qty,
+    }
+);
+body_struct!(
+    /// A resting order traded.
+    OrderExecute {
+        /// Venue order id.
+        order_id: u64,
+        /// Book side of the resting order.
+        side: Side,
+        /// Execution price.
+        px: Px,
+        /// Quantity executed.
+        qty: Qty,
+        /// Quantity left on the book.
+        remaining: Qty,
+        /// The venue's match id (0 if none).
+        match_id: u64,
+    }
+);
+body_struct!(
+    /// An order replaced by a new one (new id, price and quantity; ITCH `U`).
+    OrderReplace {
+        /// The replaced order.
+        order_id: u64,
+        /// The new order.
+        new_order_id: u64,
+        /// Book side.
+        side: Side,
+        /// New price.
+        px: Px,
+        /// New quantity.
+        qty: Qty,
+    }
+);
+body_struct!(
+    /// The trading state of an instrument changed.
+    Status {
+        /// New state.
+        state: TradingState,
+        /// The venue's reason code, ASCII, zero-padded (ITCH's 4-character reason, etc.).
+        reason: [u8; 8],
+    }
+);
+body_struct!(
+    /// An instrument's definition (ITCH stock directory, DBN definition, venue products).
+    Instrument {
+        /// What it is.
+        kind: InstrumentKind,
+        /// Currency of prices, ASCII, zero-padded.
+        currency: [u8; 8],
+        /// Smallest price increment ([`Px::NULL`] if not known).
+        tick_size: Px,
+        /// Trading lot (0 if not known).
+        lot_size: Qty,
+        /// Contract multiplier in 1e-9 units (0 if not applicable).
+        multiplier: i64,
+        /// Expiration, ns since the epoch (0 if none).
+        expiration: u64,
+        /// Strike price ([`Px::NULL`] if not an option).
+        strike: Px,
+        /// Underlying symbol (empty if none).
+        underlying: [u8; 24],
+    }
+);
+body_struct!(
+    /// An OHLCV bar.
+    Bar {
+        /// Bar length in ns.
+        interval_ns: u64,
+        /// Open.
+        open: Px,
+        /// High.
+        high: Px,
+        /// Low.
+        low: Px,
+        /// Close.
+        close: Px,
+        /// Volume.
+        volume: Qty,
+    }
+);
+body_struct!(
+    /// A venue statistic (settlement, open interest, session high, ...; DBN statistics).
+    Statistic {
+        /// The venue's statistic type code.
+        stat_type: u16,
+        /// Price value ([`Px::NULL`] if none).
+        px: Px,
+        /// Quantity value (`i64::MAX` raw if none).
+        qty: Qty,
+        /// 1 new, 2 delete (DBN `update_action`).
+        action: u8,
+    }
+);
+body_struct!(
+    /// An auction imbalance (ITCH `I`, DBN imbalance).
+    Imbalance {
+        /// Side of the imbalance.
+        side: Side,
+        /// Shares paired at the reference price.
+        paired_qty: Qty,
+        /// Shares not paired.
+        imbalance_qty: Qty,
+        /// Reference price.
+        ref_px: Px,
+        /// Near indicative clearing price.
+        near_px: Px,
+        /// Far indicative clearing price.
+        far_px: Px,
+        /// The venue's cross type code (ASCII).
+        cross_type: u8,
+    }
+);
+body_struct!(
+    /// An update of one user's own order (the private `orders` channel; trading tier).
+    OrderUpdate {
+        /// The order id, ASCII, zero-padded.
+        order_id: [u8; 24],
+        /// The owning user (token `sub`), ASCII, zero-padded.
+        user: [u8; 24],
+        /// 1 new, 2 partially filled, 3 filled, 4 cancelled, 5 rejected.
+        status: u8,
+        /// Buy or sell.
+        side: Side,
+        /// Limit price.
+        px: Px,
+        /// Order quantity.
+        qty: Qty,
+        /// Filled so far.
+        filled_qty: Qty,
+    }
+);
+
+macro_rules! kinds {
+    ($( $variant:ident = $num:literal, $arch:ident, $len:ident, $channel:expr; )*) => {
+        /// What a record's body holds. The numeric values are part of the format.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        #[non_exhaustive]
+        pub enum RecordKind { $(
+            #[doc = concat!("A [`", stringify!($variant), "`] body.")]
+            $variant = $num,
+        )* }
+
+        impl RecordKind {
+            /// Every kind, in numeric order.
+            pub const ALL: &'static [RecordKind] = &[$(RecordKind::$variant),*];
+
+            /// From the header byte.
+            pub fn from_u8(v: u8) -> Result<Self> {
+                match v {
+                    $($num => Ok(Self::$variant),)*
+                    other => Err(Error::UnknownKind(other)),
+                }
+            }
+            /// Size of this kind's archived body in bytes.
+            pub const fn body_len(self) -> usize {
+                match self { $(Self::$variant => $len,)* }
+            }
+            /// The protocol channel that carries records of this kind, if any. Order-level
+            /// records travel in the journal, the mesh and the binary encoding, but JSON
+            /// clients see their effect through `book`, `quotes` and `trades`.
+            pub const fn channel(self) -> Option<&'static str> {
+                match self { $(Self::$variant => $channel,)* }
+            }
+        }
+
+        $(
+            #[doc = concat!("Archived size of a [`", stringify!($variant), "`] body.")]
+            pub const $len: usize = std::mem::size_of::<$arch>();
+        )*
+
+        /// An owned body.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Body { $(
+            #[doc = concat!("A [`", stringify!($variant), "`].")]
+            $variant($variant),
+        )* }
+
+        impl Body {
+            /// The kind of this body.
+            pub const fn kind(&self) -> RecordKind {
+                match self { $(Body::$variant(_) => RecordKind::$variant,)* }
+            }
+
+            fn encode_into(&self, buf: Vec<u8>) -> Vec<u8> {
+                match self { $(Body::$variant(b) => ok(rkyv::api::high::to_bytes_in::<_, rancor::Panic>(b, buf)),)* }
+            }
+        }
+
+        /// A borrowed body.
+        #[derive(Clone, Copy, Debug)]
+        #[non_exhaustive]
+        pub enum BodyRef<'a> { $(
+            #[doc = concat!("A [`", stringify!($variant), "`].")]
+            $variant(&'a $arch),
+        )* }
+
+        impl<'a> BodyRef<'a> {
+            /// The kind.
+            pub const fn kind(&self) -> RecordKind {
+                match self { $(BodyRef::$variant(_) => RecordKind::$variant,)* }
+            }
+
+            fn checked(kind: RecordKind, b: &'a [u8]) -> Result<Self> {
+                Ok(match kind { $(RecordKind::$variant => BodyRef::$variant(
+                    rkyv::access::<$arch, rancor::Error>(b).map_err(|e| Error::Invalid(e.to_string()))?,
+                ),)* })
+            }
+
+            /// # Safety
+            /// `b` must be a valid archive of the body type of `kind`.
+            unsafe fn unchecked(kind: RecordKind, b: &'a [u8]) -> Self {
+                // SAFETY: forwarded from the caller.
+                match kind { $(RecordKind::$variant => BodyRef::$variant(unsafe { rkyv::access_unchecked::<$arch>(b) }),)* }
+            }
+
+            /// An owned copy.
+            pub fn to_owned(&self) -> Body {
+                match self { $(BodyRef::$variant(b) => Body::$variant(
+                    // Plain structs deserialize without allocation or failure.
+                    ok(rkyv::deserialize::<$variant, rancor::Panic>(*b)),
+                ),)* }
+            }
+        }
+    };
+}
+
+kinds! {
+    Trade = 1, ArchivedTrade, TRADE_LEN, Some("trades");
+    Quote = 2, ArchivedQuote, QUOTE_LEN, Some("quotes");
+    Level = 3, ArchivedLevel, LEVEL_LEN, Some("book");
+    OrderAdd = 4, ArchivedOrderAdd, ORDER_ADD_LEN, None;
+    OrderModify = 5, ArchivedOrderModify, ORDER_MODIFY_LEN, None;
+    OrderCancel = 6, ArchivedOrderCancel, ORDER_CANCEL_LEN, None;
+    OrderExecute = 7, ArchivedOrderExecute, ORDER_EXECUTE_LEN, None;
+    OrderReplace = 8, ArchivedOrderReplace, ORDER_REPLACE_LEN, None;
+    Status = 9, ArchivedStatus, STATUS_LEN, Some("status");
+    Instrument = 10, ArchivedInstrument, INSTRUMENT_LEN, None;
+    Bar = 11, ArchivedBar, BAR_LEN, None;
+    Statistic = 12, ArchivedStatistic, STATISTIC_LEN, None;
+    Imbalance = 13, ArchivedImbalance, IMBALANCE_LEN, None;
+    OrderUpdate = 14, ArchivedOrderUpdate, ORDER_UPDATE_LEN, Some("orders");
 }
 
 /// Archived header size in bytes.
 pub const HEADER_LEN: usize = std::mem::size_of::<ArchivedHeader>();
-/// Archived trade body size.
-pub const TRADE_LEN: usize = std::mem::size_of::<ArchivedTrade>();
-/// Archived quote body size.
-pub const QUOTE_LEN: usize = std::mem::size_of::<ArchivedQuote>();
 
 /// An owned record: what ingest builds and tests compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,26 +534,6 @@ pub struct Record {
     pub header: Header,
     /// The body.
     pub body: Body,
-}
-
-/// An owned body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Body {
-    /// A trade.
-    Trade(Trade),
-    /// A quote.
-    Quote(Quote),
-}
-
-impl Body {
-    /// The kind of this body.
-    pub const fn kind(&self) -> RecordKind {
-        match self {
-            Body::Trade(_) => RecordKind::Trade,
-            Body::Quote(_) => RecordKind::Quote,
-        }
-    }
 }
 
 /// The fields of a header that a producer chooses (the rest follow from the body).
@@ -229,11 +587,7 @@ impl Record {
         // Serializing plain structs into a Vec cannot fail: there is no allocation that can
         // be refused and no shared pointer to resolve.
         let buf = ok(rkyv::api::high::to_bytes_in::<_, rancor::Panic>(&self.header, buf));
-        let buf = match &self.body {
-            Body::Trade(t) => ok(rkyv::api::high::to_bytes_in::<_, rancor::Panic>(t, buf)),
-            Body::Quote(q) => ok(rkyv::api::high::to_bytes_in::<_, rancor::Panic>(q, buf)),
-        };
-        *out = buf;
+        *out = self.body.encode_into(buf);
         debug_assert_eq!(out.len() - start, self.encoded_len());
     }
 
@@ -258,16 +612,6 @@ pub struct RecordRef<'a> {
     body: BodyRef<'a>,
 }
 
-/// A borrowed body.
-#[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
-pub enum BodyRef<'a> {
-    /// A trade.
-    Trade(&'a ArchivedTrade),
-    /// A quote.
-    Quote(&'a ArchivedQuote),
-}
-
 impl<'a> RecordRef<'a> {
     /// The record's bytes.
     pub fn bytes(&self) -> &'a [u8] {
@@ -283,10 +627,7 @@ impl<'a> RecordRef<'a> {
     }
     /// Record kind.
     pub fn kind(&self) -> RecordKind {
-        match self.body {
-            BodyRef::Trade(_) => RecordKind::Trade,
-            BodyRef::Quote(_) => RecordKind::Quote,
-        }
+        self.body.kind()
     }
     /// Source id text.
     pub fn src(&self) -> &'a str {
@@ -337,15 +678,7 @@ impl<'a> RecordRef<'a> {
             ts_ingest: self.ts_ingest(),
             sym: Symbol::from_bytes(h.sym.padded()).unwrap_or_else(|_| unreachable_sym()),
         };
-        let body = match self.body {
-            BodyRef::Trade(t) => Body::Trade(Trade { px: t.px.get(), qty: t.qty.get(), side: t.side.get() }),
-            BodyRef::Quote(q) => Body::Quote(Quote {
-                bid_px: q.bid_px.get(),
-                bid_qty: q.bid_qty.get(),
-                ask_px: q.ask_px.get(),
-                ask_qty: q.ask_qty.get(),
-            }),
-        };
+        let body = self.body.to_owned();
         Record { header, body }
     }
 }
@@ -389,15 +722,7 @@ pub fn access_untrusted(bytes: &[u8]) -> Result<RecordRef<'_>> {
     }
     SourceId::from_bytes(header.src.padded())?;
     Symbol::from_bytes(header.sym.padded())?;
-    let body_bytes = &bytes[HEADER_LEN..];
-    let body = match kind {
-        RecordKind::Trade => BodyRef::Trade(
-            rkyv::access::<ArchivedTrade, rancor::Error>(body_bytes).map_err(|e| Error::Invalid(e.to_string()))?,
-        ),
-        RecordKind::Quote => BodyRef::Quote(
-            rkyv::access::<ArchivedQuote, rancor::Error>(body_bytes).map_err(|e| Error::Invalid(e.to_string()))?,
-        ),
-    };
+    let body = BodyRef::checked(kind, &bytes[HEADER_LEN..])?;
     Ok(RecordRef { bytes, header, body })
 }
 
@@ -411,13 +736,11 @@ pub unsafe fn access_trusted(bytes: &[u8]) -> RecordRef<'_> {
     // SAFETY: the caller guarantees the bytes are a complete, valid record, so the header
     // and body ranges exist and hold valid archives; the unaligned format needs no alignment.
     let header = unsafe { rkyv::access_unchecked::<ArchivedHeader>(&bytes[..HEADER_LEN]) };
-    let body_bytes = &bytes[HEADER_LEN..];
-    let body = match header.kind {
-        // SAFETY: as above; the kind byte selects the body type the encoder wrote.
-        1 => BodyRef::Trade(unsafe { rkyv::access_unchecked::<ArchivedTrade>(body_bytes) }),
-        // SAFETY: as above.
-        _ => BodyRef::Quote(unsafe { rkyv::access_unchecked::<ArchivedQuote>(body_bytes) }),
-    };
+    // The encoder only writes known kinds; a journal CRC check or `access_untrusted`
+    // already vouched for these bytes, so an unknown kind here is a caller bug.
+    let kind = RecordKind::from_u8(header.kind).unwrap_or(RecordKind::Trade);
+    // SAFETY: the caller guarantees the body is a valid archive of this kind's body type.
+    let body = unsafe { BodyRef::unchecked(kind, &bytes[HEADER_LEN..]) };
     RecordRef { bytes, header, body }
 }
 
@@ -445,15 +768,38 @@ mod layout_tests {
 
     #[test]
     fn body_layouts_are_pinned() {
-        assert_eq!(TRADE_LEN, 17);
+        assert_eq!(TRADE_LEN, 25);
         assert_eq!(offset_of!(ArchivedTrade, px), 0);
         assert_eq!(offset_of!(ArchivedTrade, qty), 8);
         assert_eq!(offset_of!(ArchivedTrade, side), 16);
-        assert_eq!(QUOTE_LEN, 32);
+        assert_eq!(offset_of!(ArchivedTrade, match_id), 17);
+        assert_eq!(QUOTE_LEN, 40);
         assert_eq!(offset_of!(ArchivedQuote, bid_px), 0);
         assert_eq!(offset_of!(ArchivedQuote, bid_qty), 8);
         assert_eq!(offset_of!(ArchivedQuote, ask_px), 16);
         assert_eq!(offset_of!(ArchivedQuote, ask_qty), 24);
+        assert_eq!(offset_of!(ArchivedQuote, bid_count), 32);
+        assert_eq!(offset_of!(ArchivedQuote, ask_count), 36);
+        let sizes: Vec<(RecordKind, usize)> = RecordKind::ALL.iter().map(|k| (*k, k.body_len())).collect();
+        assert_eq!(
+            sizes,
+            vec![
+                (RecordKind::Trade, 25),
+                (RecordKind::Quote, 40),
+                (RecordKind::Level, 21),
+                (RecordKind::OrderAdd, 25),
+                (RecordKind::OrderModify, 25),
+                (RecordKind::OrderCancel, 33),
+                (RecordKind::OrderExecute, 41),
+                (RecordKind::OrderReplace, 33),
+                (RecordKind::Status, 9),
+                (RecordKind::Instrument, 73),
+                (RecordKind::Bar, 48),
+                (RecordKind::Statistic, 19),
+                (RecordKind::Imbalance, 42),
+                (RecordKind::OrderUpdate, 74),
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::fixed::{Px, Qty};
 use crate::ids::{InstrumentId, Seq, SourceId, Symbol};
-use crate::record::{Body, Meta, Quote, Record, Side, Trade};
+use crate::record::{Body, Level, Meta, Quote, Record, Side, Trade};
 
 fn meta(seq: u64, sym: &str) -> Meta {
     Meta {
@@ -19,7 +19,7 @@ fn meta(seq: u64, sym: &str) -> Meta {
 pub fn trade(seq: u64, sym: &str, px: &str, qty: &str, side: Side) -> Record {
     Record::new(
         meta(seq, sym),
-        Body::Trade(Trade { px: Px::parse(px).expect("price"), qty: Qty::parse(qty).expect("qty"), side }),
+        Body::Trade(Trade { px: Px::parse(px).expect("price"), qty: Qty::parse(qty).expect("qty"), side, match_id: 0 }),
     )
 }
 
@@ -31,5 +31,13 @@ pub fn quote(seq: u64, sym: &str, bid: Option<(&str, &str)>, ask: Option<(&str, 
     };
     let (bid_px, bid_qty) = side(bid);
     let (ask_px, ask_qty) = side(ask);
-    Record::new(meta(seq, sym), Body::Quote(Quote { bid_px, bid_qty, ask_px, ask_qty }))
+    Record::new(meta(seq, sym), Body::Quote(Quote { bid_px, bid_qty, ask_px, ask_qty, bid_count: 0, ask_count: 0 }))
+}
+
+/// A price level update on source `TEST.SRC`.
+pub fn level(seq: u64, sym: &str, side: Side, px: &str, qty: &str) -> Record {
+    Record::new(
+        meta(seq, sym),
+        Body::Level(Level { side, px: Px::parse(px).expect("price"), qty: Qty::parse(qty).expect("qty"), count: 1 }),
+    )
 }

@@ -131,7 +131,8 @@ impl SessionState {
 
     /// Offers a record; returns true if something was queued.
     pub(crate) fn offer(&mut self, enc: &Encoded, slow_bytes: usize) -> bool {
-        if self.closing || !self.subs.matches(enc.kind.channel(), enc.sym.as_str()) {
+        let Some(channel) = enc.kind.channel() else { return false };
+        if self.closing || !self.subs.matches(channel, enc.sym.as_str()) {
             return false;
         }
         if let Some(floor) = self.floors.get(&enc.src) {

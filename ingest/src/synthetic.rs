@@ -147,6 +147,8 @@ impl SyntheticFeed {
             bid_qty: Qty::from_units(bid_qty),
             ask_px: Px((mid + 1) * TICK),
             ask_qty: Qty::from_units(ask_qty),
+            bid_count: 1,
+            ask_count: 1,
         })
     }
 
@@ -160,6 +162,7 @@ impl SyntheticFeed {
             px: Px(px * TICK),
             qty: Qty::from_units(qty),
             side: if buy { Side::Buy } else { Side::Sell },
+            match_id: 0,
         })
     }
 }

@@ -18,7 +18,7 @@ pub fn rec(src: &str, seq: u64, ts_ingest: u64) -> Vec<u8> {
         ts_event: ts_ingest.saturating_sub(1_000),
         ts_ingest,
     };
-    let body = Body::Trade(Trade { px: Px(seq as i64 * 1_000), qty: Qty(100), side: Side::Buy });
+    let body = Body::Trade(Trade { px: Px(seq as i64 * 1_000), qty: Qty(100), side: Side::Buy, match_id: seq });
     Record::new(meta, body).to_bytes()
 }
 
