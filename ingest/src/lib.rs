@@ -17,11 +17,14 @@
 //! assert_eq!(seq.stamp(&mut rec, 2), Seq(1));
 //! ```
 
+pub mod book;
+pub mod decoder;
 pub mod error;
 pub mod pacer;
 pub mod sequencer;
 pub mod synthetic;
 
+pub use decoder::Decoder;
 pub use error::{Error, Result};
 pub use pacer::Pacer;
 pub use sequencer::Sequencer;
