@@ -17,9 +17,17 @@
 //! assert_eq!(seq.stamp(&mut rec, 2), Seq(1));
 //! ```
 
+pub mod binance;
 pub mod book;
+pub mod coinbase;
+pub mod dbn_feed;
 pub mod decoder;
 pub mod error;
+pub mod itch;
+pub mod lobster;
+pub mod moldudp64;
+pub mod pcap;
+pub mod replay;
 pub mod pacer;
 pub mod sequencer;
 pub mod synthetic;
