@@ -5,6 +5,7 @@
 //! * [`record`]: [`Header`] plus one body per [`RecordKind`], as rkyv archives in the
 //!   little-endian, unaligned format; [`access_untrusted`] validates bytes from outside,
 //!   [`access_trusted`] reads our own without checking again.
+//! * [`book`]: [`book::LevelBook`], price levels of one instrument, best first.
 //! * [`fixed`]: [`Px`] and [`Qty`], fixed-point `i64` at 1e-9, decimal text at the edges.
 //! * [`ids`]: [`SourceId`], [`Symbol`], [`InstrumentId`], [`Seq`].
 //! * [`json`]: the protocol's JSON data messages, rendered once per record.
@@ -21,6 +22,7 @@
 //! assert!(json::to_json(&rec).contains(r#""px":"320.14""#));
 //! ```
 
+pub mod book;
 pub mod error;
 pub mod fixed;
 pub mod frame;
