@@ -95,7 +95,7 @@ mod roundtrip {
     fn any_body() -> impl Strategy<Value = Body> {
         let (p, q, u) = (any::<i64>().prop_map(Px), any::<i64>().prop_map(Qty), any::<u64>());
         prop_oneof![
-            (p.clone(), q.clone(), any_side(), u.clone()).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade {
+            (p.clone(), q.clone(), any_side(), u).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade {
                 px,
                 qty,
                 side,
@@ -115,11 +115,11 @@ mod roundtrip {
                 qty,
                 count
             })),
-            (u.clone(), any_side(), p.clone(), q.clone())
+            (u, any_side(), p.clone(), q.clone())
                 .prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone())
+            (u, any_side(), p.clone(), q.clone())
                 .prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(
+            (u, any_side(), p.clone(), q.clone()).prop_map(
                 |(order_id, side, px, cancelled)| Body::OrderCancel(OrderCancel {
                     order_id,
                     side,
@@ -128,10 +128,10 @@ mod roundtrip {
                     remaining: cancelled
                 })
             ),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
                 OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id }
             )),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(
                 OrderReplace { order_id, new_order_id: order_id ^ 1, side, px, qty }
             )),
             (0u8..8, ascii::<8>()).prop_map(|(st, reason)| Body::Status(Status {
@@ -159,7 +159,7 @@ mod roundtrip {
                     underlying
                 })
             ),
-            (u.clone(), p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar {
+            (u, p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar {
                 interval_ns,
                 open: px,
                 high: px,
