@@ -31,6 +31,8 @@ pub(crate) struct Core {
     sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
     /// Highest `seq` per source dispatched on this core: what heartbeats report.
     pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
+    /// Books of the `book` channel, at this core's position.
+    pub(crate) books: RefCell<crate::books::CoreBooks>,
     next_id: std::cell::Cell<u64>,
 }
 
@@ -55,6 +57,19 @@ impl Core {
         self.sessions.borrow_mut().insert(id, handle.clone());
         metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).increment(1.0);
         tokio::task::spawn_local(session::run(self.clone(), stream, already_read, handle));
+    }
+
+    /// Starts replaying `(source, from)` pairs from the journal for session `id`.
+    pub(crate) fn start_replay(self: &Rc<Self>, id: u64, replays: Vec<(SourceId, u64)>) {
+        // Called from inside the session's state borrow: look the handle up and spawn; the
+        // task borrows the state only once it runs.
+        let Some(handle) = self.sessions.borrow().get(&id).cloned() else { return };
+        let core = self.clone();
+        tokio::task::spawn_local(async move {
+            for (src, from) in replays {
+                session::replay(core.clone(), handle.clone(), src, from).await;
+            }
+        });
     }
 
     pub(crate) fn remove_session(&self, id: u64) {
@@ -88,8 +103,23 @@ impl Core {
                         let e = p.entry(enc.src).or_insert(0);
                         *e = (*e).max(enc.seq);
                     }
+                    let frames = match &enc.level {
+                        Some(level) => {
+                            let mut depths: Vec<u32> = Vec::new();
+                            for s in sessions.values() {
+                                let st = s.state.borrow();
+                                if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
+                                    depths.push(st.book_depth);
+                                }
+                            }
+                            self.books.borrow_mut().apply(enc, level, &depths)
+                        }
+                        None => Vec::new(),
+                    };
                     for (id, s) in sessions.iter() {
-                        if s.state.borrow_mut().offer(enc, self.cfg.slow_bytes) && marks.insert(*id, ()).is_none() {
+                        let mut st = s.state.borrow_mut();
+                        let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
+                        if st.offer(enc, frame, self.cfg.slow_bytes) && marks.insert(*id, ()).is_none() {
                             dirty.push(s.clone());
                         }
                     }
@@ -156,6 +186,7 @@ pub(crate) async fn run_core(
         index,
         cfg: cfg.clone(),
         positions: RefCell::new(shared.positions()),
+        books: RefCell::new(crate::books::CoreBooks::default()),
         shared,
         sessions: RefCell::new(BTreeMap::new()),
         next_id: std::cell::Cell::new(0),
