@@ -93,6 +93,7 @@ impl Core {
 
     fn dispatch(&self, batch: &[CoreMsg], dirty: &mut Vec<Rc<SessionHandle>>) -> bool {
         let sessions = self.sessions.borrow();
+        let now = Instant::now();
         let mut stop = false;
         let mut marks: BTreeMap<u64, ()> = BTreeMap::new();
         for msg in batch {
@@ -119,7 +120,7 @@ impl Core {
                     for (id, s) in sessions.iter() {
                         let mut st = s.state.borrow_mut();
                         let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
-                        if st.offer(enc, frame, self.cfg.slow_bytes) && marks.insert(*id, ()).is_none() {
+                        if st.offer(enc, frame, self.cfg.slow_bytes, now) && marks.insert(*id, ()).is_none() {
                             dirty.push(s.clone());
                         }
                     }
@@ -200,10 +201,14 @@ pub(crate) async fn run_core(
         }
     };
     let accept = tokio::task::spawn_local(async move {
+        let cfg = cfg;
         loop {
             match listener.accept().await {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
+                    if cfg.socket_send_buffer > 0 {
+                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(cfg.socket_send_buffer);
+                    }
                     tokio::task::spawn_local(crate::http::serve_connection(stream, router.clone()));
                 }
                 Err(e) => {

@@ -66,10 +66,10 @@ async fn book(req: Request) -> Response {
             (Some(s), _) => match sources.iter().find(|x| x.as_str() == s) {
                 Some(x) => *x,
                 None => {
-                    return Err(http_error(
+                    return Err((
                         StatusCode::NOT_FOUND,
                         "unknown_symbol",
-                        &format!(
+                        format!(
                             "source {s} has no book for {sym}; sources with one: {:?}",
                             sources.iter().map(|s| s.as_str()).collect::<Vec<_>>()
                         ),
@@ -78,32 +78,34 @@ async fn book(req: Request) -> Response {
             },
             (None, [one]) => *one,
             (None, []) => {
-                return Err(http_error(
+                return Err((
                     StatusCode::NOT_FOUND,
                     "unknown_symbol",
-                    &format!("no source of this region has a book for {sym}"),
+                    format!("no source of this region has a book for {sym}"),
                 ))
             }
             (None, many) => {
                 let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-                return Err(http_error(
+                return Err((
                     StatusCode::BAD_REQUEST,
                     "ambiguous_symbol",
-                    &format!("{sym} is carried by {}; add src=, e.g. src={}", names.join(", "), names[0]),
+                    format!("{sym} is carried by {}; add src=, e.g. src={}", names.join(", "), names[0]),
                 ));
             }
         };
         let pos = c.positions.borrow().get(&chosen).copied().unwrap_or(0);
         let Ok(sym) = tickmesh_codec::Symbol::new(sym) else {
-            return Err(http_error(StatusCode::BAD_REQUEST, "bad_request", "sym is not a valid symbol"));
+            return Err((StatusCode::BAD_REQUEST, "bad_request", "sym is not a valid symbol".to_owned()));
         };
-        books
-            .snapshot(chosen, sym, pos, depth, false)
-            .ok_or_else(|| http_error(StatusCode::NOT_FOUND, "unknown_symbol", "no book"))
+        books.snapshot(chosen, sym, pos, depth, false).ok_or((
+            StatusCode::NOT_FOUND,
+            "unknown_symbol",
+            "no book".to_owned(),
+        ))
     });
     match result {
         Some(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Some(Err(resp)) => resp,
+        Some(Err((status, code, msg))) => http_error(status, code, &msg),
         None => http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "book requested outside a gateway core"),
     }
 }

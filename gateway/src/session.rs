@@ -67,6 +67,10 @@ pub(crate) struct SessionState {
     /// Sources being replayed from the journal: live records of them are skipped (the
     /// replay reads them from the journal, which holds every record a core dispatched).
     replaying: BTreeSet<SourceId>,
+    /// When the write in progress started (None when the writer is idle).
+    pub(crate) write_started: Option<Instant>,
+    /// A write that has not finished after this long makes the client slow.
+    slow_after: Duration,
     /// Over the slow bound with policy `conflate`: newer state replaces older below.
     conflating: bool,
     /// Newest quote / status per (source, symbol) waiting while conflating.
@@ -116,6 +120,8 @@ impl SessionHandle {
                 dropped: BTreeMap::new(),
                 closing: false,
                 book_depth: 10,
+                write_started: None,
+                slow_after: Duration::from_millis(cfg.slow_ms),
                 replaying: BTreeSet::new(),
                 conflating: false,
                 pending: BTreeMap::new(),
@@ -156,7 +162,13 @@ impl SessionState {
     /// Offers a record; `book_frame` is the depth-limited JSON delta for `Level` records
     /// (None when this connection's top-`depth` view did not change). Returns true if
     /// something was queued.
-    pub(crate) fn offer(&mut self, enc: &Arc<Encoded>, book_frame: Option<&Bytes>, slow_bytes: usize) -> bool {
+    pub(crate) fn offer(
+        &mut self,
+        enc: &Arc<Encoded>,
+        book_frame: Option<&Bytes>,
+        slow_bytes: usize,
+        now: Instant,
+    ) -> bool {
         let Some(channel) = enc.kind.channel() else { return false };
         if self.closing || !self.subs.matches(channel, enc.sym.as_str()) || self.replaying.contains(&enc.src) {
             return false;
@@ -171,7 +183,8 @@ impl SessionState {
         if is_book && json && book_frame.is_none() {
             return false;
         }
-        if self.conflating || self.out_bytes > slow_bytes {
+        let stuck = self.write_started.is_some_and(|t| now.duration_since(t) > self.slow_after);
+        if self.conflating || self.out_bytes > slow_bytes || stuck {
             return self.overflow(enc, json);
         }
         self.flush_gaps();
@@ -266,9 +279,10 @@ impl SessionState {
         }
         *floor = rec.seq();
         let Some(channel) = rec.kind().channel() else { return };
-        // Book state is re-sent as a snapshot at subscribe time; replaying old deltas
-        // against today's book would be wrong.
-        if rec.kind() == RecordKind::Level || !self.subs.matches(channel, rec.sym()) {
+        // JSON clients get book state as a snapshot when the replay ends (depth-limited
+        // deltas cannot be rebuilt for the past); binary clients get every level record.
+        let json = self.params.encoding == Encoding::Json;
+        if (json && rec.kind() == RecordKind::Level) || !self.subs.matches(channel, rec.sym()) {
             return;
         }
         let enc = Encoded::new(rec, scratch);
@@ -438,6 +452,10 @@ impl SessionState {
             let positions = core.positions.borrow();
             let books = core.books.borrow();
             for (src, sym) in books.keys(|sym| wanted.matches(sym)) {
+                if self.replaying.contains(&src) {
+                    // Sent when the replay of this source ends, after the replayed records.
+                    continue;
+                }
                 let pos = positions.get(&src).copied().unwrap_or(0);
                 if let Some(j) = books.snapshot(src, sym, pos, self.book_depth, false) {
                     self.push_control(&j);
@@ -572,8 +590,13 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                         break;
                     }
                     let n_msgs = batch.len() as u64;
+                    handle.state.borrow_mut().write_started = Some(Instant::now());
                     let result = write_batch(&mut wr, &mut batch).await;
-                    handle.state.borrow_mut().maybe_end_conflation(&wcore);
+                    {
+                        let mut st = handle.state.borrow_mut();
+                        st.write_started = None;
+                        st.maybe_end_conflation(&wcore);
+                    }
                     match result {
                         Ok(bytes) => {
                             metrics::counter!("tickmesh_gateway_frames_sent_total").increment(n_msgs);
@@ -683,6 +706,18 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
     let Some(journal) = core.shared.journal().cloned() else { return };
     let finish = |st: &mut SessionState| {
         st.replaying.remove(&src);
+        if st.params.encoding == Encoding::Json {
+            // Book state as of the end of the replay, before any live delta.
+            let pos = core.positions.borrow().get(&src).copied().unwrap_or(0);
+            let books = core.books.borrow();
+            for (s, sym) in books.keys(|sym| st.subs.matches("book", sym)) {
+                if s == src {
+                    if let Some(j) = books.snapshot(src, sym, pos, st.book_depth, false) {
+                        st.push_control(&j);
+                    }
+                }
+            }
+        }
     };
     if let Some(first) = journal.first_seq(&src) {
         if first > from {
@@ -707,14 +742,16 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
     let mut scratch = Vec::with_capacity(512);
     loop {
         loop {
-            let st = handle.state.borrow();
-            if st.closing {
+            let (closing, over) = {
+                let st = handle.state.borrow();
+                (st.closing, st.out_bytes > core.cfg.slow_bytes / 2)
+            };
+            if closing {
                 return;
             }
-            if st.out_bytes <= core.cfg.slow_bytes / 2 {
+            if !over {
                 break;
             }
-            drop(st);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut n = 0;
