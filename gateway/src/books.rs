@@ -86,9 +86,22 @@ impl CoreBooks {
         conflated: bool,
     ) -> Option<Vec<u8>> {
         let st = self.books.get(&(src, sym))?;
+        Some(Self::snapshot_of(st, src, sym, seq, depth, conflated))
+    }
+
+    /// Like [`Self::snapshot`], but an empty book when the core has none yet (a symbol
+    /// its source knows but has not quoted).
+    pub(crate) fn snapshot_or_empty(&self, src: SourceId, sym: Symbol, seq: u64, depth: u32) -> Vec<u8> {
+        match self.books.get(&(src, sym)) {
+            Some(st) => Self::snapshot_of(st, src, sym, seq, depth, false),
+            None => book_json("book_snapshot", src, sym, seq, 0, None, &[], &[], false),
+        }
+    }
+
+    fn snapshot_of(st: &BookState, src: SourceId, sym: Symbol, seq: u64, depth: u32, conflated: bool) -> Vec<u8> {
         let bids = top(&st.book, Side::Buy, depth as usize);
         let asks = top(&st.book, Side::Sell, depth as usize);
-        Some(book_json("book_snapshot", src, sym, seq, st.ts, None, &bids, &asks, conflated))
+        book_json("book_snapshot", src, sym, seq, st.ts, None, &bids, &asks, conflated)
     }
 
     /// Books whose symbol `matches`.

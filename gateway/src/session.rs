@@ -451,15 +451,26 @@ impl SessionState {
             }
             let positions = core.positions.borrow();
             let books = core.books.borrow();
-            for (src, sym) in books.keys(|sym| wanted.matches(sym)) {
+            // Every book of a pattern the core holds, and every source of a plain symbol
+            // (empty if it has not quoted yet), so the client always has a baseline.
+            let mut keys = books.keys(|sym| wanted.matches(sym));
+            for sym in s.symbol_list.iter().filter(|s| !protocol::is_pattern(s)) {
+                let Ok(symbol) = Symbol::new(sym) else { continue };
+                for src in core.shared.sources_of(sym) {
+                    if !keys.contains(&(src, symbol)) {
+                        keys.push((src, symbol));
+                    }
+                }
+            }
+            keys.sort();
+            for (src, sym) in keys {
                 if self.replaying.contains(&src) {
                     // Sent when the replay of this source ends, after the replayed records.
                     continue;
                 }
                 let pos = positions.get(&src).copied().unwrap_or(0);
-                if let Some(j) = books.snapshot(src, sym, pos, self.book_depth, false) {
-                    self.push_control(&j);
-                }
+                let j = books.snapshot_or_empty(src, sym, pos, self.book_depth);
+                self.push_control(&j);
             }
         }
         if !replays.is_empty() {
@@ -536,12 +547,12 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             let mut dec = ws::Decoder::new(core.cfg.max_message_bytes);
             dec.feed(&already_read);
             let mut buf = vec![0u8; 16 * 1024];
-            loop {
+            'session: loop {
                 loop {
                     match dec.next_message() {
                         Ok(Some(msg)) => {
                             if !on_message(&core, &handle, msg) {
-                                return;
+                                break 'session;
                             }
                         }
                         Ok(None) => break,
@@ -555,9 +566,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                                 st.push_control(&protocol::error_reply(&None, ClientError::MessageTooLarge, &msg));
                             }
                             st.push_close(e.close_code(), &e.to_string());
-                            drop(st);
-                            handle.wake.notify_one();
-                            return;
+                            break 'session;
                         }
                     }
                 }
@@ -565,6 +574,16 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => dec.feed(&buf[..n]),
+                }
+            }
+            // A close frame is queued. Keep reading (and discarding) until the client
+            // closes: closing a socket with unread input sends a reset, and a reset can
+            // destroy the close frame before the client reads it.
+            handle.state.borrow_mut().closing = true;
+            handle.wake.notify_one();
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
                 }
             }
         }
@@ -618,7 +637,11 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             handle.wake.notify_one();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         }
-        () = &mut writer => {}
+        () = &mut writer => {
+            // Our close frame is out (or the socket failed): give the client a moment to
+            // answer it, reading whatever it still sends.
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut reader).await;
+        }
     }
     core.remove_session(handle.state.borrow().id);
 }
