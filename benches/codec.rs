@@ -25,7 +25,12 @@ fn records(n: usize) -> Vec<Record> {
             };
             let px = Px(rng.random_range(1_000..1_000_000) * 10_000_000);
             let body = if rng.random_ratio(1, 4) {
-                Body::Trade(Trade { px, qty: Qty::from_units(rng.random_range(1..1000)), side: Side::Buy, match_id: i as u64 })
+                Body::Trade(Trade {
+                    px,
+                    qty: Qty::from_units(rng.random_range(1..1000)),
+                    side: Side::Buy,
+                    match_id: i as u64,
+                })
             } else {
                 Body::Quote(Quote {
                     bid_px: px,

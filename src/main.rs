@@ -48,6 +48,9 @@ enum Cmd {
         /// WAN emulation between regions: `off` (plain loopback).
         #[arg(long, default_value = "off")]
         wan: String,
+        /// Unsent output (bytes) above which a client is slow (gateway.slow_bytes; default 4 MiB).
+        #[arg(long)]
+        slow_bytes: Option<usize>,
     },
     /// Manage the mesh's private CA and region certificates.
     Certs {
@@ -179,12 +182,12 @@ fn main() -> anyhow::Result<()> {
             init_tracing(Some(&cfg.region));
             run_node(cfg)
         }
-        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan } => {
+        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, slow_bytes } => {
             if wan != "off" {
                 anyhow::bail!("--wan {wan} is not available yet; use --wan off");
             }
             init_tracing(None);
-            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed })
+            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, slow_bytes })
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),

@@ -5,6 +5,7 @@
 //! * [`record`]: [`Header`] plus one body per [`RecordKind`], as rkyv archives in the
 //!   little-endian, unaligned format; [`access_untrusted`] validates bytes from outside,
 //!   [`access_trusted`] reads our own without checking again.
+//! * [`book`]: [`book::LevelBook`], price levels of one instrument, best first.
 //! * [`fixed`]: [`Px`] and [`Qty`], fixed-point `i64` at 1e-9, decimal text at the edges.
 //! * [`ids`]: [`SourceId`], [`Symbol`], [`InstrumentId`], [`Seq`].
 //! * [`json`]: the protocol's JSON data messages, rendered once per record.
@@ -21,6 +22,7 @@
 //! assert!(json::to_json(&rec).contains(r#""px":"320.14""#));
 //! ```
 
+pub mod book;
 pub mod error;
 pub mod fixed;
 pub mod frame;
@@ -93,20 +95,100 @@ mod roundtrip {
     fn any_body() -> impl Strategy<Value = Body> {
         let (p, q, u) = (any::<i64>().prop_map(Px), any::<i64>().prop_map(Qty), any::<u64>());
         prop_oneof![
-            (p.clone(), q.clone(), any_side(), u.clone()).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade { px, qty, side, match_id })),
-            (p.clone(), q.clone(), any::<u32>()).prop_map(|(px, qty, c)| Body::Quote(Quote { bid_px: px, bid_qty: qty, ask_px: px, ask_qty: qty, bid_count: c, ask_count: c })),
-            (any_side(), p.clone(), q.clone(), any::<u32>()).prop_map(|(side, px, qty, count)| Body::Level(Level { side, px, qty, count })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, cancelled)| Body::OrderCancel(OrderCancel { order_id, side, px, cancelled, remaining: cancelled })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(OrderReplace { order_id, new_order_id: order_id ^ 1, side, px, qty })),
-            (0u8..8, ascii::<8>()).prop_map(|(st, reason)| Body::Status(Status { state: [TradingState::Unknown, TradingState::PreOpen, TradingState::Trading, TradingState::Halted, TradingState::Paused, TradingState::Quoting, TradingState::Auction, TradingState::Closed][st as usize], reason })),
-            (ascii::<8>(), p.clone(), q.clone(), ascii::<24>()).prop_map(|(currency, tick_size, lot_size, underlying)| Body::Instrument(Instrument { kind: InstrumentKind::Future, currency, tick_size, lot_size, multiplier: 5, expiration: 7, strike: Px::NULL, underlying })),
-            (u.clone(), p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar { interval_ns, open: px, high: px, low: px, close: px, volume })),
-            (any::<u16>(), p.clone(), q.clone(), any::<u8>()).prop_map(|(stat_type, px, qty, action)| Body::Statistic(Statistic { stat_type, px, qty, action })),
-            (any_side(), q.clone(), p.clone(), any::<u8>()).prop_map(|(side, qty, px, cross_type)| Body::Imbalance(Imbalance { side, paired_qty: qty, imbalance_qty: qty, ref_px: px, near_px: px, far_px: px, cross_type })),
-            (ascii::<24>(), ascii::<24>(), 1u8..6, any_side(), p, q).prop_map(|(order_id, user, status, side, px, qty)| Body::OrderUpdate(OrderUpdate { order_id, user, status, side, px, qty, filled_qty: qty })),
+            (p.clone(), q.clone(), any_side(), u).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade {
+                px,
+                qty,
+                side,
+                match_id
+            })),
+            (p.clone(), q.clone(), any::<u32>()).prop_map(|(px, qty, c)| Body::Quote(Quote {
+                bid_px: px,
+                bid_qty: qty,
+                ask_px: px,
+                ask_qty: qty,
+                bid_count: c,
+                ask_count: c
+            })),
+            (any_side(), p.clone(), q.clone(), any::<u32>()).prop_map(|(side, px, qty, count)| Body::Level(Level {
+                side,
+                px,
+                qty,
+                count
+            })),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd {
+                order_id,
+                side,
+                px,
+                qty
+            })),
+            (u, any_side(), p.clone(), q.clone())
+                .prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, cancelled)| Body::OrderCancel(
+                OrderCancel { order_id, side, px, cancelled, remaining: cancelled }
+            )),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
+                OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id }
+            )),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(
+                OrderReplace { order_id, new_order_id: order_id ^ 1, side, px, qty }
+            )),
+            (0u8..8, ascii::<8>()).prop_map(|(st, reason)| Body::Status(Status {
+                state: [
+                    TradingState::Unknown,
+                    TradingState::PreOpen,
+                    TradingState::Trading,
+                    TradingState::Halted,
+                    TradingState::Paused,
+                    TradingState::Quoting,
+                    TradingState::Auction,
+                    TradingState::Closed
+                ][st as usize],
+                reason
+            })),
+            (ascii::<8>(), p.clone(), q.clone(), ascii::<24>()).prop_map(
+                |(currency, tick_size, lot_size, underlying)| Body::Instrument(Instrument {
+                    kind: InstrumentKind::Future,
+                    currency,
+                    tick_size,
+                    lot_size,
+                    multiplier: 5,
+                    expiration: 7,
+                    strike: Px::NULL,
+                    underlying
+                })
+            ),
+            (u, p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar {
+                interval_ns,
+                open: px,
+                high: px,
+                low: px,
+                close: px,
+                volume
+            })),
+            (any::<u16>(), p.clone(), q.clone(), any::<u8>())
+                .prop_map(|(stat_type, px, qty, action)| Body::Statistic(Statistic { stat_type, px, qty, action })),
+            (any_side(), q.clone(), p.clone(), any::<u8>()).prop_map(|(side, qty, px, cross_type)| Body::Imbalance(
+                Imbalance {
+                    side,
+                    paired_qty: qty,
+                    imbalance_qty: qty,
+                    ref_px: px,
+                    near_px: px,
+                    far_px: px,
+                    cross_type
+                }
+            )),
+            (ascii::<24>(), ascii::<24>(), 1u8..6, any_side(), p, q).prop_map(
+                |(order_id, user, status, side, px, qty)| Body::OrderUpdate(OrderUpdate {
+                    order_id,
+                    user,
+                    status,
+                    side,
+                    px,
+                    qty,
+                    filled_qty: qty
+                })
+            ),
         ]
     }
 

@@ -7,7 +7,7 @@ Run by scripts/deploy-check.sh inside .venv-deploy. For every file:
   kubernetes-validate ships (offline, strict: unknown fields are errors), for each
   --k8s-version. Custom resources (not in those schemas) validate against the JSON
   schemas in --schemas (KIND.lower().schema.json); a kind with neither is an error.
-* policy: no Secret objects (certificates and keys are references only); every pod
+* policy: every namespaced resource is in the namespace tickmesh; no Secret objects (certificates and keys are references only); every pod
   template container has requests == limits with a whole number of CPUs (Guaranteed
   QoS, so the static CPU manager gives it exclusive cores).
 * node config: the ConfigMap tickmesh-node-config* holds node.toml; it is written to
@@ -26,6 +26,9 @@ import tomllib
 import jsonschema
 import kubernetes_validate
 import yaml
+
+
+NAMESPACE = "tickmesh"
 
 
 def docs(path):
@@ -74,8 +77,17 @@ def whole_cpus(q):
         return False
 
 
+CLUSTER_SCOPED = {"Namespace", "PriorityClass", "StorageClass"}
+
+
 def check_policy(path, items, problems):
     for d in items:
+        ns = d.get("metadata", {}).get("namespace")
+        if d.get("kind") in CLUSTER_SCOPED:
+            if ns is not None:
+                problems.append(f"{path}: {rid(d)} is cluster-scoped but has namespace {ns!r}")
+        elif ns != NAMESPACE:
+            problems.append(f"{path}: {rid(d)} is in namespace {ns!r}, not {NAMESPACE}; set namespace: {NAMESPACE} in the kustomization")
         if d.get("kind") == "Secret":
             problems.append(f"{path}: {rid(d)}: Secret objects must not be in the repository; reference them by name")
         spec = d.get("spec", {}).get("template", {}).get("spec")

@@ -46,11 +46,38 @@ resource "aws_wafv2_web_acl" "dashboard" {
     }
   }
 
+  # Anonymising services (Tor, open proxies) are blocked; hosting providers only counted:
+  # analysts legitimately open the dashboard from cloud desktops.
+  rule {
+    name     = "aws-anonymous-ip"
+    priority = 3
+    override_action {
+      none {}
+    }
+    statement {
+      managed_rule_group_statement {
+        name        = "AWSManagedRulesAnonymousIpList"
+        vendor_name = "AWS"
+        rule_action_override {
+          name = "HostingProviderIPList"
+          action_to_use {
+            count {}
+          }
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "tickmesh-dashboard-anonymous-ip"
+      sampled_requests_enabled   = true
+    }
+  }
+
   # The page is one small document and one WebSocket: 600 requests in 5 minutes from
   # one address is already a reload loop or a scraper.
   rule {
     name     = "rate-limit"
-    priority = 3
+    priority = 4
     action {
       block {}
     }

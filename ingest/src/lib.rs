@@ -26,9 +26,9 @@ pub mod error;
 pub mod itch;
 pub mod lobster;
 pub mod moldudp64;
+pub mod pacer;
 pub mod pcap;
 pub mod replay;
-pub mod pacer;
 pub mod sequencer;
 pub mod synthetic;
 
