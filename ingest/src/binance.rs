@@ -45,8 +45,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use crate::coinbase::{CrossCheck, FeedEvent, FeedItem};
 use crate::coinbase::{drain_frames, px, qty, truncate, Counts, JsonFramer, Products};
+pub use crate::coinbase::{CrossCheck, FeedEvent, FeedItem};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "binance";
@@ -375,7 +375,8 @@ impl Decoder {
         let src = self.src;
         let pb = &mut self.products.list[i];
         let name = pb.sym.as_str().to_owned();
-        self.events.push(FeedEvent::Gap { sym: name.clone(), error: Error::VenueGap { format: FORMAT, expected, got } });
+        self.events
+            .push(FeedEvent::Gap { sym: name.clone(), error: Error::VenueGap { format: FORMAT, expected, got } });
         if pb.live {
             out.push(pb.status(src, ts, TradingState::Unknown, "GAP"));
         }
@@ -505,10 +506,13 @@ impl Decoder {
     }
 
     fn on_message(&mut self, bytes: &[u8], at: u64, out: &mut Vec<Record>) -> Result<()> {
-        let outer: Event<'_> = serde_json::from_slice(bytes)
-            .map_err(|e| bad(at, format!("not a Binance stream message ({e}); expected {{\"stream\",\"data\"}} or an event")))?;
+        let outer: Event<'_> = serde_json::from_slice(bytes).map_err(|e| {
+            bad(at, format!("not a Binance stream message ({e}); expected {{\"stream\",\"data\"}} or an event"))
+        })?;
         if let (Some(code), Some(msg)) = (outer.code, outer.msg) {
-            return Err(Error::Config(format!("binance refused a request: {msg} (code {code}); check the stream names")));
+            return Err(Error::Config(format!(
+                "binance refused a request: {msg} (code {code}); check the stream names"
+            )));
         }
         let stream = outer.stream;
         let ev = match outer.data {
@@ -568,7 +572,10 @@ impl Decoder {
                 let ts = ev.T.or(ev.E).map_or(self.fallback_ts(), |t| t.saturating_mul(1_000_000));
                 let i = self.sym_index(sym)?;
                 let pb = &self.products.list[i];
-                out.push(Record::new(pb.meta(self.src, ts), Body::Trade(Trade { px: price, qty: size, side, match_id: id })));
+                out.push(Record::new(
+                    pb.meta(self.src, ts),
+                    Body::Trade(Trade { px: price, qty: size, side, match_id: id }),
+                ));
                 Ok(())
             }
             "bookTicker" => self.on_book_ticker(sym, &ev, at, out),
@@ -639,7 +646,8 @@ fn ticker_agrees(book: &crate::book::LevelBook, partial: bool, t: (u64, Px, Qty,
     let (_, bid, bid_q, ask, ask_q) = t;
     if partial {
         let side_ok = |side: Side, best: Px, best_q: Qty, better: fn(Px, Px) -> bool| {
-            book.get(side, best).is_none_or(|(q, _)| q == best_q) && book.best(side).is_none_or(|(p, _, _)| !better(p, best))
+            book.get(side, best).is_none_or(|(q, _)| q == best_q)
+                && book.best(side).is_none_or(|(p, _, _)| !better(p, best))
         };
         side_ok(Side::Buy, bid, bid_q, |p, b| p > b) && side_ok(Side::Sell, ask, ask_q, |p, a| p < a)
     } else {
@@ -717,7 +725,12 @@ impl LiveOptions {
             .iter()
             .flat_map(|s| {
                 let s = s.to_ascii_lowercase();
-                [format!("{s}@depth@100ms"), format!("{s}@aggTrade"), format!("{s}@bookTicker"), format!("{s}@kline_1m")]
+                [
+                    format!("{s}@depth@100ms"),
+                    format!("{s}@aggTrade"),
+                    format!("{s}@bookTicker"),
+                    format!("{s}@kline_1m"),
+                ]
             })
             .collect();
         format!("{}/stream?streams={}", self.ws_url, streams.join("/"))
@@ -827,7 +840,8 @@ pub async fn run_live_with(opts: LiveOptions, sink: mpsc::Sender<FeedItem>) -> R
 }
 
 fn spawn_fetch(opts: &LiveOptions, sym: &str, tx: mpsc::Sender<(String, Result<Vec<u8>>)>, after: Duration) {
-    let url = format!("{}/api/v3/depth?symbol={}&limit={}", opts.rest_url, sym.to_ascii_uppercase(), opts.snapshot_limit);
+    let url =
+        format!("{}/api/v3/depth?symbol={}&limit={}", opts.rest_url, sym.to_ascii_uppercase(), opts.snapshot_limit);
     let sym = sym.to_owned();
     tokio::spawn(async move {
         if !after.is_zero() {
@@ -854,7 +868,9 @@ pub async fn http_get(url: &str) -> Result<Vec<u8>> {
     let addr = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(io(format!("connecting to {addr}")))?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.map_err(io(format!("sending GET {url}")))?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map_err(io(format!("reading GET {url}")))?;
@@ -868,12 +884,17 @@ pub async fn http_get(url: &str) -> Result<Vec<u8>> {
 
 fn parse_http_response(url: &str, buf: &[u8]) -> Result<Vec<u8>> {
     let fail = |what: String| Error::Ws { url: url.to_owned(), what };
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| fail("HTTP response has no header end".into()))?;
+    let end =
+        buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| fail("HTTP response has no header end".into()))?;
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| fail("HTTP response head is not text".into()))?;
     let body = &buf[end + 4..];
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or("");
-    let code: u16 = status.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| fail(format!("bad status line {status:?}")))?;
+    let code: u16 = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| fail(format!("bad status line {status:?}")))?;
     let mut chunked = false;
     let mut length = None;
     for l in lines {
@@ -890,8 +911,10 @@ fn parse_http_response(url: &str, buf: &[u8]) -> Result<Vec<u8>> {
         let mut rest = body;
         loop {
             let e = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| fail("bad chunked body".into()))?;
-            let size_txt = std::str::from_utf8(&rest[..e]).unwrap_or("").split(';').next().unwrap_or("").trim().to_owned();
-            let size = usize::from_str_radix(&size_txt, 16).map_err(|_| fail(format!("bad chunk size {size_txt:?}")))?;
+            let size_txt =
+                std::str::from_utf8(&rest[..e]).unwrap_or("").split(';').next().unwrap_or("").trim().to_owned();
+            let size =
+                usize::from_str_radix(&size_txt, 16).map_err(|_| fail(format!("bad chunk size {size_txt:?}")))?;
             rest = &rest[e + 2..];
             if size == 0 {
                 break;
@@ -948,7 +971,10 @@ mod tests {
         out.clear();
         d.feed(diff(17, 18, "3").as_bytes(), &mut out).unwrap();
         assert!(matches!(out[0].body, Body::Status(s) if &s.reason[..3] == b"GAP"));
-        assert!(matches!(d.poll_event(), Some(FeedEvent::Gap { error: Error::VenueGap { expected: 16, got: 17, .. }, .. })));
+        assert!(matches!(
+            d.poll_event(),
+            Some(FeedEvent::Gap { error: Error::VenueGap { expected: 16, got: 17, .. }, .. })
+        ));
         assert!(matches!(d.poll_event(), Some(FeedEvent::NeedSnapshot { .. })));
         out.clear();
         d.apply_snapshot("XUSDT", br#"{"lastUpdateId":17,"bids":[["0.5","3"]],"asks":[["9","1"]]}"#, &mut out).unwrap();
@@ -972,7 +998,10 @@ mod tests {
 
     #[test]
     fn http_response_parsing() {
-        let r = parse_http_response("u", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+        let r = parse_http_response(
+            "u",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        );
         assert_eq!(r.unwrap(), b"abcde");
         let r = parse_http_response("u", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
         assert_eq!(r.unwrap(), b"hi");

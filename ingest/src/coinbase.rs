@@ -53,8 +53,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tickmesh_codec::{
-    Body, InstrumentId, Level, Meta, Px, Qty, Quote, Record, Seq, Side, SourceId, Status, Symbol, Trade,
-    TradingState,
+    Body, InstrumentId, Level, Meta, Px, Qty, Quote, Record, Seq, Side, SourceId, Status, Symbol, Trade, TradingState,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -283,7 +282,9 @@ pub(crate) fn drain_frames(
                 Error::Parse {
                     format,
                     offset: at,
-                    what: format!("JSON message longer than {MAX_MESSAGE} bytes was dropped; is this really a {format} feed?"),
+                    what: format!(
+                        "JSON message longer than {MAX_MESSAGE} bytes was dropped; is this really a {format} feed?"
+                    ),
                 },
                 &mut first,
             ),
@@ -303,7 +304,12 @@ pub(crate) fn drain_frames(
 /// `+00:00`) into ns since the Unix epoch.
 pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':'
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }
@@ -421,7 +427,15 @@ pub(crate) struct ProductBook {
 
 impl ProductBook {
     pub(crate) fn new(sym: Symbol, id: InstrumentId) -> Self {
-        ProductBook { sym, id, book: LevelBook::new(), quotes: QuoteTracker::new(), live: false, after_gap: false, partial: false }
+        ProductBook {
+            sym,
+            id,
+            book: LevelBook::new(),
+            quotes: QuoteTracker::new(),
+            live: false,
+            after_gap: false,
+            partial: false,
+        }
     }
 
     pub(crate) fn meta(&self, src: SourceId, ts_event: u64) -> Meta {
@@ -459,7 +473,7 @@ impl ProductBook {
         &mut self,
         src: SourceId,
         ts: u64,
-        levels: &mut Vec<(Side, Px, Qty)>,
+        levels: &mut [(Side, Px, Qty)],
         out: &mut Vec<Record>,
     ) {
         // Last entry per (side, px) wins: sort stably by key, keep the last of each run.
@@ -483,7 +497,11 @@ impl ProductBook {
         for (side, p) in removed {
             self.set_level(src, ts, side, p, Qty::ZERO, out);
         }
-        for (side, p, q) in dedup {
+        // The book keeps each side sorted with the best level last: bids go in ascending and
+        // asks in descending price order so that every insert is an append.
+        let split = dedup.partition_point(|l| l.0 == Side::Buy);
+        let (bids, asks) = dedup.split_at(split);
+        for &(side, p, q) in bids.iter().chain(asks.iter().rev()) {
             // A zero in a snapshot means "no level" (Advanced Trade never sends one; be safe).
             self.set_level(src, ts, side, p, q, out);
         }
@@ -566,8 +584,7 @@ fn connection_gap(
     products: &mut Products,
     events: &mut Vec<FeedEvent>,
     sym: &str,
-    expected: u64,
-    got: u64,
+    (expected, got): (u64, u64),
     ts: u64,
     out: &mut Vec<Record>,
 ) {
@@ -722,12 +739,14 @@ impl ExchangeDecoder {
     }
 
     fn on_message(&mut self, bytes: &[u8], at: u64, out: &mut Vec<Record>) -> Result<()> {
-        let m: ExchangeMsg<'_> = serde_json::from_slice(bytes)
-            .map_err(|e| bad(at, format!("not a Coinbase Exchange message ({e}); expected a JSON object with a \"type\"")))?;
+        let m: ExchangeMsg<'_> = serde_json::from_slice(bytes).map_err(|e| {
+            bad(at, format!("not a Coinbase Exchange message ({e}); expected a JSON object with a \"type\""))
+        })?;
         self.counts.bump(m.kind);
         let time = match m.time {
             Some(t) => {
-                let ns = parse_rfc3339(t).ok_or_else(|| bad(at, format!("time {:?} is not RFC 3339 UTC", truncate(t))))?;
+                let ns =
+                    parse_rfc3339(t).ok_or_else(|| bad(at, format!("time {:?} is not RFC 3339 UTC", truncate(t))))?;
                 self.last_venue_ns = self.last_venue_ns.max(ns);
                 Some(ns)
             }
@@ -789,7 +808,7 @@ impl ExchangeDecoder {
                     self.extra[i].book_time = ts;
                     if pb.book.is_crossed() {
                         let name = pb.sym.as_str().to_owned();
-                        connection_gap(src, &mut self.products, &mut self.events, &name, 0, 0, ts, out);
+                        connection_gap(src, &mut self.products, &mut self.events, &name, (0, 0), ts, out);
                     } else {
                         pb.emit_quote(src, ts, out);
                     }
@@ -818,7 +837,7 @@ impl ExchangeDecoder {
                 }
                 if let Some((expected, got)) = gap {
                     let name = self.products.list[i].sym.as_str().to_owned();
-                    connection_gap(src, &mut self.products, &mut self.events, &name, expected, got, ts, out);
+                    connection_gap(src, &mut self.products, &mut self.events, &name, (expected, got), ts, out);
                 }
                 if m.kind == "match" {
                     let price = px(FORMAT, at, "price", m.price.ok_or_else(|| bad(at, "match without price"))?)?;
@@ -1061,7 +1080,9 @@ impl AdvancedDecoder {
         let channel = m.channel.ok_or_else(|| bad(at, "message has no \"channel\""))?;
         self.counts.bump(channel);
         let msg_ts = match m.timestamp {
-            Some(t) => parse_rfc3339(t).ok_or_else(|| bad(at, format!("timestamp {:?} is not RFC 3339 UTC", truncate(t))))?,
+            Some(t) => {
+                parse_rfc3339(t).ok_or_else(|| bad(at, format!("timestamp {:?} is not RFC 3339 UTC", truncate(t))))?
+            }
             None => {
                 if self.receipt_ns != 0 {
                     self.receipt_ns
@@ -1075,7 +1096,7 @@ impl AdvancedDecoder {
         if let Some(s) = m.sequence_num {
             if let Some(last) = self.last_seq {
                 if s != last + 1 {
-                    connection_gap(src, &mut self.products, &mut self.events, channel, last + 1, s, msg_ts, out);
+                    connection_gap(src, &mut self.products, &mut self.events, channel, (last + 1, s), msg_ts, out);
                 }
             }
             self.last_seq = Some(s);
@@ -1141,7 +1162,7 @@ impl AdvancedDecoder {
                 }
                 if pb.book.is_crossed() {
                     let name = pb.sym.as_str().to_owned();
-                    connection_gap(src, &mut self.products, &mut self.events, &name, 0, 0, ts, out);
+                    connection_gap(src, &mut self.products, &mut self.events, &name, (0, 0), ts, out);
                 } else {
                     pb.emit_quote(src, ts, out);
                 }
@@ -1320,10 +1341,7 @@ pub fn subscribe_messages(api: Api, op: &str, products: &[String], book_channel:
         Api::Advanced => {
             let chans: &[&str] =
                 if book_only { &[book_channel] } else { &[book_channel, "market_trades", "ticker", "heartbeats"] };
-            chans
-                .iter()
-                .map(|c| format!("{{\"type\":\"{op}\",\"product_ids\":{ids},\"channel\":\"{c}\"}}"))
-                .collect()
+            chans.iter().map(|c| format!("{{\"type\":\"{op}\",\"product_ids\":{ids},\"channel\":\"{c}\"}}")).collect()
         }
     }
 }
@@ -1477,11 +1495,17 @@ mod tests {
     fn exchange_book_trade_and_gap() {
         let mut d = ExchangeDecoder::new(src(), &["BTC-USD".into()]).unwrap();
         let mut out = Vec::new();
-        d.feed(br#"{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","1"]],"time":"2021-01-01T00:00:00Z"}"#, &mut out)
-            .unwrap();
+        d.feed(
+            br#"{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","1"]],"time":"2021-01-01T00:00:00Z"}"#,
+            &mut out,
+        )
+        .unwrap();
         assert!(out.is_empty(), "updates before the snapshot are ignored");
-        d.feed(br#"{"type":"snapshot","product_id":"BTC-USD","bids":[["10","1"],["9","2"]],"asks":[["11","3"]]}"#, &mut out)
-            .unwrap();
+        d.feed(
+            br#"{"type":"snapshot","product_id":"BTC-USD","bids":[["10","1"],["9","2"]],"asks":[["11","3"]]}"#,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.len(), 4, "three levels and a quote: {out:?}");
         out.clear();
         d.feed(
@@ -1506,7 +1530,10 @@ mod tests {
         out.clear();
         d.feed(m(7).as_bytes(), &mut out).unwrap();
         assert!(matches!(out[0].body, Body::Status(s) if s.state == TradingState::Unknown && &s.reason[..3] == b"GAP"));
-        assert!(matches!(d.poll_event(), Some(FeedEvent::Gap { error: Error::VenueGap { expected: 6, got: 7, .. }, .. })));
+        assert!(matches!(
+            d.poll_event(),
+            Some(FeedEvent::Gap { error: Error::VenueGap { expected: 6, got: 7, .. }, .. })
+        ));
         assert!(matches!(d.poll_event(), Some(FeedEvent::NeedSnapshot { .. })));
         assert!(!d.is_live("BTC-USD"));
         out.clear();

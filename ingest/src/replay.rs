@@ -177,7 +177,9 @@ fn parse_master(path: &Path, raw: &[u8]) -> Result<Capture> {
             let (_, payload) = rest.split_once(": ").ok_or_else(|| bad("sent line without payload"))?;
             sent.push(payload.to_owned());
         } else {
-            return Err(bad("neither a connect, a sent nor a received line; is this a cryptofeed master-format capture?"));
+            return Err(bad(
+                "neither a connect, a sent nor a received line; is this a cryptofeed master-format capture?",
+            ));
         }
     }
     let url = url.ok_or_else(|| Error::Parse {
@@ -185,9 +187,8 @@ fn parse_master(path: &Path, raw: &[u8]) -> Result<Capture> {
         offset: 0,
         what: format!("{} has no connect line (\"<url> <-> <ts>\")", path.display()),
     })?;
-    let format = CaptureFormat::from_url(&url).ok_or_else(|| {
-        Error::Config(format!("{}: venue of {url} is not Coinbase or Binance", path.display()))
-    })?;
+    let format = CaptureFormat::from_url(&url)
+        .ok_or_else(|| Error::Config(format!("{}: venue of {url} is not Coinbase or Binance", path.display())))?;
     Ok(Capture { format, url, received, sent })
 }
 
@@ -225,9 +226,8 @@ fn parse_jsonl(path: &Path, text: &[u8]) -> Result<Capture> {
         offset: 0,
         what: format!("{} has no connect line", path.display()),
     })?;
-    let format = CaptureFormat::from_url(&url).ok_or_else(|| {
-        Error::Config(format!("{}: venue of {url} is not Coinbase or Binance", path.display()))
-    })?;
+    let format = CaptureFormat::from_url(&url)
+        .ok_or_else(|| Error::Config(format!("{}: venue of {url} is not Coinbase or Binance", path.display())))?;
     Ok(Capture { format, url, received, sent })
 }
 
@@ -332,7 +332,8 @@ impl Venue {
                 if d.get("e").and_then(Value::as_str) != Some("depthUpdate") {
                     return;
                 }
-                let (Some(s), Some(u)) = (d.get("s").and_then(Value::as_str), d.get("u").and_then(Value::as_u64)) else {
+                let (Some(s), Some(u)) = (d.get("s").and_then(Value::as_str), d.get("u").and_then(Value::as_u64))
+                else {
                     return;
                 };
                 let b = self.books.entry(s.to_owned()).or_default();
@@ -418,7 +419,11 @@ pub struct Progress {
 
 impl ReplayServer {
     /// Loads `path`, checks it is a `format` capture and serves it at `pace` on 127.0.0.1:0.
-    pub async fn start(path: impl AsRef<Path>, format: CaptureFormat, pace: Pace) -> Result<(SocketAddr, ReplayHandle)> {
+    pub async fn start(
+        path: impl AsRef<Path>,
+        format: CaptureFormat,
+        pace: Pace,
+    ) -> Result<(SocketAddr, ReplayHandle)> {
         Self::start_with(path, format, ReplayOptions { pace, ..ReplayOptions::default() }).await
     }
 
@@ -448,8 +453,9 @@ impl ReplayServer {
                 return Err(Error::Config(format!("replay pace factor {f} must be a positive number, e.g. 1.0")));
             }
         }
-        let listener =
-            TcpListener::bind("127.0.0.1:0").await.map_err(io_err("binding the replay server on 127.0.0.1:0".into()))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io_err("binding the replay server on 127.0.0.1:0".into()))?;
         let addr = listener.local_addr().map_err(io_err("reading the replay server address".into()))?;
         let (ctl_tx, ctl_rx) = mpsc::channel(1024);
         let (prog_tx, prog_rx) = watch::channel(Progress::default());
@@ -680,9 +686,10 @@ async fn venue_task(
                         (200, body.to_string())
                     }
                     _ => match first_u.get(&symbol) {
-                        Some(u) => {
-                            (200, json!({"lastUpdateId": u, "bids": [], "asks": [], "x_tickmesh_partial": true}).to_string())
-                        }
+                        Some(u) => (
+                            200,
+                            json!({"lastUpdateId": u, "bids": [], "asks": [], "x_tickmesh_partial": true}).to_string(),
+                        ),
                         None => (400, json!({"code": -1121, "msg": "Invalid symbol."}).to_string()),
                     },
                 };
@@ -759,9 +766,7 @@ async fn venue_task(
             None if playing => {
                 let msg = &capture.received[pos];
                 let gap = drop_next > 0 || opts.gaps.iter().any(|g| g.contains(&pos));
-                if drop_next > 0 {
-                    drop_next -= 1;
-                }
+                drop_next = drop_next.saturating_sub(1);
                 pos += 1;
                 let Ok(mut v) = serde_json::from_str::<Value>(&msg.payload) else {
                     // Not JSON: pass it through untouched (the decoders must cope).

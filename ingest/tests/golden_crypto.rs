@@ -42,7 +42,9 @@ fn capture(name: &str) -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let p = std::env::var_os("TICKMESH_PYTHON").map(PathBuf::from).unwrap_or_else(|| Path::new(REPO).join(".venv/bin/python"));
+    let p = std::env::var_os("TICKMESH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join(".venv/bin/python"));
     assert!(p.exists(), "test python {} not found: run scripts/install-deps.sh (or set TICKMESH_PYTHON)", p.display());
     p
 }
@@ -50,7 +52,8 @@ fn python() -> PathBuf {
 /// The reference script's view of a capture.
 fn reference(format: &str, path: &Path) -> Vec<Value> {
     let script = Path::new(REPO).join("scripts/ref_crypto.py");
-    let out = Command::new(python()).arg(&script).arg(format).arg(path).output().expect("running scripts/ref_crypto.py");
+    let out =
+        Command::new(python()).arg(&script).arg(format).arg(path).output().expect("running scripts/ref_crypto.py");
     assert!(
         out.status.success(),
         "scripts/ref_crypto.py {format} failed: {}; run scripts/install-deps.sh if a module is missing",
@@ -169,7 +172,11 @@ fn coinbase_exchange_matches_reference() {
             compared += 1;
             if t["fresh"] == true {
                 fresh += 1;
-                assert_eq!((ours.0.clone(), ours.2.clone()), (s(&t["bid"]), s(&t["ask"])), "message {i}: venue ticker {t}");
+                assert_eq!(
+                    (ours.0.clone(), ours.2.clone()),
+                    (s(&t["bid"]), s(&t["ask"])),
+                    "message {i}: venue ticker {t}"
+                );
             }
         }
     }
@@ -250,8 +257,7 @@ fn binance_diff_only_matches_reference() {
     let refv = reference("binance", &path);
     let cap = replay::load_capture(&path).unwrap();
     assert_eq!(cap.format, CaptureFormat::Binance);
-    let mut dec =
-        binance::Decoder::new(SourceId::new("BINANCE").unwrap(), &[], binance::SyncMode::DiffOnly).unwrap();
+    let mut dec = binance::Decoder::new(SourceId::new("BINANCE").unwrap(), &[], binance::SyncMode::DiffOnly).unwrap();
     let tickers = tickers_by_index(&refv);
     let (mut trades, mut out, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
     let mut at_diff = 0;
@@ -295,10 +301,13 @@ fn binance_diff_only_matches_reference() {
 // Live: adapters against the replay server, with an injected gap.
 // ---------------------------------------------------------------------------------------------
 
+/// One side of a rebuilt book.
+type Side2 = BTreeMap<Px, Qty>;
+
 /// Books rebuilt from Level records, as the gateway builds `book_snapshot`.
 #[derive(Default)]
 struct Rebuilt {
-    books: BTreeMap<String, (BTreeMap<Px, Qty>, BTreeMap<Px, Qty>)>,
+    books: BTreeMap<String, (Side2, Side2)>,
     statuses: Vec<(String, TradingState, String)>,
     gaps: Vec<(String, u64, u64)>,
     quotes: usize,
@@ -425,7 +434,11 @@ async fn coinbase_exchange_live_replay_resyncs_after_gap() {
 async fn coinbase_advanced_live_replay_resyncs_after_gap() {
     let path = capture("COINBASE.jsonl.zst");
     let refv = reference("coinbase-advanced", &path);
-    let opts = ReplayOptions { pace: Pace::Recorded(5.0), gaps: vec![300..305], ..ReplayOptions::default() };
+    let opts = ReplayOptions {
+        pace: Pace::Recorded(5.0),
+        gaps: std::iter::once(300..305).collect(),
+        ..ReplayOptions::default()
+    };
     let (_addr, mut server) = ReplayServer::start_with(&path, CaptureFormat::CoinbaseAdvanced, opts).await.unwrap();
     let products: Vec<String> = kind(&refv, "book").map(|b| s(&b["sym"])).collect();
     let mut lo = coinbase::LiveOptions::new(&server.ws_url(), &products, coinbase::Api::Advanced);
@@ -451,13 +464,8 @@ async fn binance_live_replay_resyncs_after_gap() {
     let refv = reference("binance", &path);
     let cap = replay::load_capture(&path).unwrap();
     // Drop two NKNUSDT diffs in the first half of the capture.
-    let depth: Vec<usize> = cap
-        .received
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.payload.contains("nknusdt@depth"))
-        .map(|(i, _)| i)
-        .collect();
+    let depth: Vec<usize> =
+        cap.received.iter().enumerate().filter(|(_, m)| m.payload.contains("nknusdt@depth")).map(|(i, _)| i).collect();
     let at = depth[depth.len() / 3];
     let next = depth[depth.len() / 3 + 1];
     let opts =
