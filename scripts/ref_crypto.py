@@ -12,6 +12,8 @@ venues' documented rules. Prints JSON lines, each with "i" = index of the receiv
       book at that point; "fresh" (Coinbase Exchange) = the ticker is at least as new as the
       last book update; Binance adds "at_diff": the ticker's update id equals the last diff's u
   {"kind":"book","sym","bids":[[px,qty],...],"asks":[...]}  final books, best first
+  {"kind":"counts","messages":N,"types":{type: count}}  message types (Coinbase Exchange:
+      "type"; Advanced Trade: "channel"; Binance: the event type "e", or "bookTicker")
 
 Usage: ref_crypto.py coinbase|coinbase-advanced|binance PATH
 """
@@ -91,6 +93,22 @@ class Book:
 
 def out(o):
     sys.stdout.write(json.dumps(o) + "\n")
+
+
+def counts(path, name_of):
+    types, n = {}, 0
+    for payload in received(path):
+        n += 1
+        k = name_of(json.loads(payload))
+        types[k] = types.get(k, 0) + 1
+    out({"kind": "counts", "messages": n, "types": types})
+
+
+def binance_type(m):
+    d = m.get("data", m)
+    if "e" in d:
+        return d["e"]
+    return "bookTicker" if m.get("stream", "").endswith("@bookTicker") else "other"
 
 
 def coinbase_exchange(path):
@@ -206,4 +224,7 @@ def binance(path):
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
-    {"coinbase": coinbase_exchange, "coinbase-advanced": coinbase_advanced, "binance": binance}[sys.argv[1]](sys.argv[2])
+    fmt, path = sys.argv[1], sys.argv[2]
+    {"coinbase": coinbase_exchange, "coinbase-advanced": coinbase_advanced, "binance": binance}[fmt](path)
+    counts(path, {"coinbase": lambda m: m["type"], "coinbase-advanced": lambda m: m["channel"],
+                  "binance": binance_type}[fmt])

@@ -27,10 +27,13 @@
 //!   The live decoder runs the full procedure above against it, and on a partial snapshot emits
 //!   `Status { Unknown, "PARTIAL" }` and behaves as in diff-only mode.
 //!
-//! What can be verified against the venue: at every `bookTicker` whose update id equals the
-//! last applied diff's `u`, the venue's best bid/ask must agree with the known levels (the
-//! venue's best level, if known to us, has the venue's size, and no known level is better).
-//! [`Decoder::cross_check`] counts those checks; the golden test requires all to pass.
+//! What can be verified against the venue: `bookTicker` is real time while the diffs come in
+//! 100 ms batches, so a ticker is usually ahead of the book. It is held until the diff whose
+//! final id `u` equals the ticker's update id is applied (or dropped if no diff ends there),
+//! and then the venue's best bid/ask must agree with our book: exactly for a full book; for a
+//! partial one, the venue's best level, if known to us, has the venue's size, and no known
+//! level is better. [`Decoder::cross_check`] counts those checks (26 in the capture, all
+//! passing; the golden test requires that).
 //!
 //! # Time
 //! `ts_event` is the event time `E` (ms) of depth and kline events, and the trade time `T` of
@@ -284,13 +287,14 @@ impl Decoder {
         self.products.list.iter().map(|p| p.sym.as_str().to_owned()).collect()
     }
 
-    /// A new connection: buffered diffs are dropped and every book waits again.
-    pub fn connection_reset(&mut self) {
+    /// The connection ended (call before reconnecting): buffered diffs are dropped, every
+    /// live book gets `Status { Unknown, "DISCONN" }` and waits for a snapshot again.
+    pub fn connection_reset(&mut self, out: &mut Vec<Record>) {
         self.framer.reset_partial();
+        let ts = self.fallback_ts();
+        self.products.connection_lost(self.src, ts, out);
         let mode = self.mode;
-        for (p, s) in self.products.list.iter_mut().zip(&mut self.syms) {
-            p.after_gap |= p.live;
-            p.live = false;
+        for s in &mut self.syms {
             *s = SymState::new(mode);
         }
     }
@@ -767,7 +771,6 @@ pub async fn run_live_with(opts: LiveOptions, sink: mpsc::Sender<FeedItem>) -> R
                 continue;
             }
         };
-        dec.connection_reset();
         if sink.send(FeedItem::Connected { url: url.clone() }).await.is_err() {
             return Ok(());
         }
@@ -828,6 +831,14 @@ pub async fn run_live_with(opts: LiveOptions, sink: mpsc::Sender<FeedItem>) -> R
                 }
             }
         };
+        out.clear();
+        dec.set_receipt_time(tickmesh_codec::now_ns());
+        dec.connection_reset(&mut out);
+        for r in out.drain(..) {
+            if sink.send(FeedItem::Record(r)).await.is_err() {
+                return Ok(());
+            }
+        }
         if sink.send(FeedItem::Disconnected { reason }).await.is_err() {
             return Ok(());
         }

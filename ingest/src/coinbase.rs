@@ -546,6 +546,18 @@ impl Products {
     pub(crate) fn find(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
+
+    /// The connection is gone: every live book is stale from here, and its clients are told
+    /// with `Status { Unknown, "DISCONN" }`; the next snapshot brings `RESYNC`.
+    pub(crate) fn connection_lost(&mut self, src: SourceId, ts: u64, out: &mut Vec<Record>) {
+        for p in &mut self.list {
+            if p.live {
+                out.push(p.status(src, ts, TradingState::Unknown, "DISCONN"));
+                p.after_gap = true;
+                p.live = false;
+            }
+        }
+    }
 }
 
 fn opposite(side: Side) -> Side {
@@ -716,14 +728,13 @@ impl ExchangeDecoder {
         self.products.list.iter().map(|p| p.sym.as_str().to_owned()).collect()
     }
 
-    /// A new connection: every book is stale until its snapshot arrives, and trade-id
-    /// continuity starts afresh. A partial message of the old connection is dropped.
-    pub fn connection_reset(&mut self) {
+    /// The connection ended (call before reconnecting): every live book becomes stale and gets
+    /// `Status { Unknown, "DISCONN" }` (at the receipt time last set), trade-id continuity
+    /// starts afresh, and a partial message of the old connection is dropped.
+    pub fn connection_reset(&mut self, out: &mut Vec<Record>) {
         self.framer.reset_partial();
-        for p in &mut self.products.list {
-            p.after_gap |= p.live;
-            p.live = false;
-        }
+        let ts = if self.receipt_ns != 0 { self.receipt_ns } else { self.last_venue_ns };
+        self.products.connection_lost(self.src, ts, out);
         for e in &mut self.extra {
             *e = ExchangeProduct::default();
         }
@@ -1057,14 +1068,14 @@ impl AdvancedDecoder {
         self.last_seq
     }
 
-    /// A new connection: `sequence_num` starts again at 0 and every book waits for its snapshot.
-    pub fn connection_reset(&mut self) {
+    /// The connection ended (call before reconnecting): `sequence_num` starts again at 0 on the
+    /// next one, and every live book becomes stale with `Status { Unknown, "DISCONN" }` until
+    /// its snapshot arrives.
+    pub fn connection_reset(&mut self, out: &mut Vec<Record>) {
         self.framer.reset_partial();
         self.last_seq = None;
-        for p in &mut self.products.list {
-            p.after_gap |= p.live;
-            p.live = false;
-        }
+        let ts = if self.receipt_ns != 0 { self.receipt_ns } else { self.last_venue_ns };
+        self.products.connection_lost(self.src, ts, out);
     }
 
     fn on_message(&mut self, bytes: &[u8], at: u64, out: &mut Vec<Record>) -> Result<()> {
@@ -1318,10 +1329,16 @@ impl Either {
             Either::Advanced(d) => d.poll_event(),
         }
     }
-    fn reset(&mut self) {
+    fn reset(&mut self, now: u64, out: &mut Vec<Record>) {
         match self {
-            Either::Exchange(d) => d.connection_reset(),
-            Either::Advanced(d) => d.connection_reset(),
+            Either::Exchange(d) => {
+                d.set_receipt_time(now);
+                d.connection_reset(out)
+            }
+            Either::Advanced(d) => {
+                d.set_receipt_time(now);
+                d.connection_reset(out)
+            }
         }
     }
 }
@@ -1376,7 +1393,6 @@ pub async fn run_live_with(opts: LiveOptions, sink: mpsc::Sender<FeedItem>) -> R
                 continue;
             }
         };
-        dec.reset();
         let mut ok = true;
         for m in subscribe_messages(opts.api, "subscribe", &opts.products, &opts.book_channel, false) {
             if let Err(e) = ws.send(Message::text(m)).await {
@@ -1442,6 +1458,13 @@ pub async fn run_live_with(opts: LiveOptions, sink: mpsc::Sender<FeedItem>) -> R
                 }
             }
         };
+        out.clear();
+        dec.reset(tickmesh_codec::now_ns(), &mut out);
+        for r in out.drain(..) {
+            if sink.send(FeedItem::Record(r)).await.is_err() {
+                return Ok(());
+            }
+        }
         if sink.send(FeedItem::Disconnected { reason }).await.is_err() {
             return Ok(());
         }

@@ -183,9 +183,10 @@ fn coinbase_exchange_matches_reference() {
     assert!(dec.poll_event().is_none(), "the clean capture has no gap");
     assert_eq!(trades, ref_trades(&refv));
     assert_eq!(dec.cross_check(), coinbase::CrossCheck { checked: fresh, mismatched: 0 });
-    assert!(fresh >= 90 && compared >= 100, "fresh {fresh}, compared {compared}");
+    assert!(fresh > 0, "no ticker was newer than its book");
+    assert_eq!(compared, kind(&refv, "ticker").count());
     let books: Vec<&Value> = kind(&refv, "book").collect();
-    assert_eq!(books.len(), 10);
+    assert!(!books.is_empty());
     for b in books {
         let ours = dec.book(&s(&b["sym"])).unwrap();
         assert_eq!(book_levels(ours, Side::Buy), ref_levels(&b["bids"]), "bids of {}", b["sym"]);
@@ -241,7 +242,7 @@ fn coinbase_advanced_matches_reference() {
             "ticker of {sym} at message {i} ({bid} / {ask}) is not our best bid/ask within 8 book messages"
         );
     }
-    assert!(pending.len() >= 150, "{} tickers compared", pending.len());
+    assert_eq!(pending.len(), kind(&refv, "ticker").count());
     eprintln!("advanced trade: {exact} of {} tickers equal our top of book exactly on arrival", pending.len());
     assert_eq!(trades, ref_trades(&refv));
     for b in kind(&refv, "book") {
@@ -282,12 +283,14 @@ fn binance_diff_only_matches_reference() {
             assert!(b.best(Side::Sell).is_none_or(|(p, _, _)| p >= ask), "message {i}: we know an ask below {t}");
         }
     }
-    assert_eq!(at_diff, 26, "bookTickers that fall on a diff boundary");
-    assert_eq!(dec.cross_check(), binance::CrossCheck { checked: 26, mismatched: 0 });
+    let boundary = kind(&refv, "ticker").filter(|t| t["at_diff"] == true).count() as u64;
+    assert!(boundary > 0, "no bookTicker falls on a diff boundary");
+    assert_eq!(at_diff, boundary);
+    assert_eq!(dec.cross_check(), binance::CrossCheck { checked: boundary, mismatched: 0 });
     assert!(dec.poll_event().is_none(), "the clean capture has no gap");
     assert_eq!(trades, ref_trades(&refv));
     let books: Vec<&Value> = kind(&refv, "book").collect();
-    assert_eq!(books.len(), 4);
+    assert!(!books.is_empty());
     for b in books {
         let sym = s(&b["sym"]);
         assert!(statuses.contains(&(sym.clone(), (TradingState::Unknown, "DIFFONLY".into()))), "{sym} not flagged");
@@ -497,10 +500,70 @@ async fn replay_server_rest_refuses_unknown_symbols() {
     let (_addr, server) = ReplayServer::start(&path, CaptureFormat::Binance, Pace::Fast).await.unwrap();
     let err = binance::http_get(&format!("{}/api/v3/depth?symbol=NOPE", server.rest_url())).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
-    let ok = binance::http_get(&format!("{}/api/v3/depth?symbol=NKNUSDT", server.rest_url())).await.unwrap();
-    let v: Value = serde_json::from_slice(&ok).unwrap();
-    assert_eq!(v["lastUpdateId"], 499_869_749u64, "before any diff: just before the first one");
+    // Before playback, a symbol's snapshot point is just before its first diff.
+    let cap = replay::load_capture(&path).unwrap();
+    let first: Value = cap
+        .received
+        .iter()
+        .find_map(|m| {
+            let v: Value = serde_json::from_str(&m.payload).ok()?;
+            (v["data"]["e"] == "depthUpdate").then(|| v["data"].clone())
+        })
+        .unwrap();
+    let url = format!("{}/api/v3/depth?symbol={}", server.rest_url(), s(&first["s"]));
+    let v: Value = serde_json::from_slice(&binance::http_get(&url).await.unwrap()).unwrap();
+    assert_eq!(v["lastUpdateId"].as_u64(), Some(first["U"].as_u64().unwrap() - 1));
+    assert_eq!(v["x_tickmesh_partial"], true);
     assert!(ReplayServer::start(&path, CaptureFormat::CoinbaseExchange, Pace::Fast).await.is_err());
+}
+
+#[test]
+fn decode_capture_reads_every_message() {
+    for (format, name) in
+        [("coinbase", "COINBASE.ws.28.0"), ("coinbase-advanced", "COINBASE.jsonl.zst"), ("binance", "BINANCE.ws.1.0")]
+    {
+        let path = capture(name);
+        let refv = reference(format, &path);
+        let want = kind(&refv, "counts").next().unwrap();
+        let mut kinds: HashMap<&'static str, usize> = HashMap::new();
+        let sum = replay::decode_capture(&path, SourceId::new("X").unwrap(), |r| {
+            *kinds.entry(tickmesh_codec::json::type_name(r.body.kind())).or_default() += 1;
+        })
+        .unwrap();
+        assert!(sum.errors.is_empty(), "{name}: {:?}", sum.errors);
+        assert_eq!(sum.messages as u64, want["messages"].as_u64().unwrap(), "{name}");
+        let got: BTreeMap<String, u64> = sum.counts.into_iter().collect();
+        let want: BTreeMap<String, u64> =
+            want["types"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+        assert_eq!(got, want, "{name}: message types");
+        assert_eq!(kinds.get("trade").copied().unwrap_or(0), kind(&refv, "trade").count(), "{name}: trades");
+        assert!(kinds.get("quote").is_some_and(|n| *n > 0), "{name}: no quotes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_adapter_reconnects_and_marks_books_stale() {
+    let path = capture("BINANCE.ws.1.0");
+    let (_addr, server) = ReplayServer::start(&path, CaptureFormat::Binance, Pace::Fast).await.unwrap();
+    let refv = reference("binance", &path);
+    let symbols: Vec<String> = kind(&refv, "book").map(|b| s(&b["sym"])).collect();
+    let mut lo = binance::LiveOptions::new(&server.ws_url(), &server.rest_url(), &symbols);
+    lo.max_connections = Some(2);
+    lo.backoff = Duration::from_millis(10);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let live = tokio::spawn(binance::run_live_with(lo, tx));
+    let (mut connected, mut disconnected, mut disconn_status) = (0, 0, 0);
+    while let Some(item) = rx.recv().await {
+        match item {
+            FeedItem::Connected { .. } => connected += 1,
+            FeedItem::Disconnected { .. } => disconnected += 1,
+            FeedItem::Record(r) if reason(&r).is_some_and(|(_, w)| w == "DISCONN") => disconn_status += 1,
+            _ => {}
+        }
+    }
+    live.await.unwrap().unwrap();
+    assert_eq!((connected, disconnected), (2, 2), "the capture ends, the adapter reconnects, the server (done) closes");
+    assert!(disconn_status > 0, "books live at the first disconnect are marked stale");
 }
 
 // ---------------------------------------------------------------------------------------------
