@@ -247,6 +247,12 @@ pub struct CaptureSummary {
     pub counts: Vec<(String, u64)>,
 }
 
+enum AnyDecoder {
+    Exchange(crate::coinbase::ExchangeDecoder),
+    Advanced(crate::coinbase::AdvancedDecoder),
+    Binance(crate::binance::Decoder),
+}
+
 /// Decodes a whole capture (for `tickmesh ingest FILE --format coinbase|binance`): picks the
 /// decoder from the capture itself (Coinbase Exchange or Advanced Trade; Binance in
 /// [`crate::binance::SyncMode::DiffOnly`], as a capture has no REST snapshot), feeds every
@@ -259,44 +265,42 @@ pub fn decode_capture(
     use crate::Decoder as _;
     let cap = load_capture(path)?;
     let mut sum = CaptureSummary { format: Some(cap.format), ..CaptureSummary::default() };
-    let mut out = Vec::new();
-    let mut feed_all = |dec: &mut dyn FnMut(&str, u64, &mut Vec<tickmesh_codec::Record>) -> Result<()>| {
-        for (i, m) in cap.received.iter().enumerate() {
-            out.clear();
-            if let Err(e) = dec(&m.payload, m.ts_ns, &mut out) {
-                sum.errors.push((i, e));
-            }
-            sum.messages += 1;
-            sum.records += out.len();
-            out.iter().for_each(&mut on_record);
+    let mut dec = match cap.format {
+        CaptureFormat::CoinbaseExchange => AnyDecoder::Exchange(crate::coinbase::ExchangeDecoder::new(src, &[])?),
+        CaptureFormat::CoinbaseAdvanced => AnyDecoder::Advanced(crate::coinbase::AdvancedDecoder::new(src, &[])?),
+        CaptureFormat::Binance => {
+            AnyDecoder::Binance(crate::binance::Decoder::new(src, &[], crate::binance::SyncMode::DiffOnly)?)
         }
     };
-    match cap.format {
-        CaptureFormat::CoinbaseExchange => {
-            let mut d = crate::coinbase::ExchangeDecoder::new(src, &[])?;
-            feed_all(&mut |p, ts, out| {
-                d.set_receipt_time(ts);
-                d.feed(p.as_bytes(), out)
-            });
-            sum.counts = d.message_counts();
+    let mut out = Vec::new();
+    for (i, m) in cap.received.iter().enumerate() {
+        out.clear();
+        let d: &mut dyn crate::Decoder = match &mut dec {
+            AnyDecoder::Exchange(d) => {
+                d.set_receipt_time(m.ts_ns);
+                d
+            }
+            AnyDecoder::Advanced(d) => {
+                d.set_receipt_time(m.ts_ns);
+                d
+            }
+            AnyDecoder::Binance(d) => {
+                d.set_receipt_time(m.ts_ns);
+                d
+            }
+        };
+        if let Err(e) = d.feed(m.payload.as_bytes(), &mut out) {
+            sum.errors.push((i, e));
         }
-        CaptureFormat::CoinbaseAdvanced => {
-            let mut d = crate::coinbase::AdvancedDecoder::new(src, &[])?;
-            feed_all(&mut |p, ts, out| {
-                d.set_receipt_time(ts);
-                d.feed(p.as_bytes(), out)
-            });
-            sum.counts = d.message_counts();
-        }
-        CaptureFormat::Binance => {
-            let mut d = crate::binance::Decoder::new(src, &[], crate::binance::SyncMode::DiffOnly)?;
-            feed_all(&mut |p, ts, out| {
-                d.set_receipt_time(ts);
-                d.feed(p.as_bytes(), out)
-            });
-            sum.counts = d.message_counts();
-        }
+        sum.messages += 1;
+        sum.records += out.len();
+        out.iter().for_each(&mut on_record);
     }
+    sum.counts = match &dec {
+        AnyDecoder::Exchange(d) => d.message_counts(),
+        AnyDecoder::Advanced(d) => d.message_counts(),
+        AnyDecoder::Binance(d) => d.message_counts(),
+    };
     Ok(sum)
 }
 
