@@ -375,12 +375,15 @@ impl Decoder {
         Ok(())
     }
 
-    fn gap(&mut self, i: usize, expected: u64, got: u64, ts: u64, out: &mut Vec<Record>) {
+    /// `gap`: the (expected, got) update ids, or `None` for a book that crossed.
+    fn gap(&mut self, i: usize, gap: Option<(u64, u64)>, ts: u64, out: &mut Vec<Record>) {
         let src = self.src;
         let pb = &mut self.products.list[i];
-        let name = pb.sym.as_str().to_owned();
-        self.events
-            .push(FeedEvent::Gap { sym: name.clone(), error: Error::VenueGap { format: FORMAT, expected, got } });
+        let sym = pb.sym.as_str().to_owned();
+        self.events.push(match gap {
+            Some((expected, got)) => FeedEvent::Gap { sym, error: Error::VenueGap { format: FORMAT, expected, got } },
+            None => FeedEvent::Crossed { sym },
+        });
         if pb.live {
             out.push(pb.status(src, ts, TradingState::Unknown, "GAP"));
         }
@@ -412,7 +415,7 @@ impl Decoder {
             }
         }
         if pb.book.is_crossed() {
-            self.gap(i, d.last, d.last, d.ts, out);
+            self.gap(i, None, d.ts, out);
             self.enter_waiting(i, None);
         } else {
             pb.emit_quote(src, d.ts, out);
@@ -460,7 +463,7 @@ impl Decoder {
                 }
                 let fits = if first { d.first <= last_u + 1 } else { d.first == last_u + 1 };
                 if !fits {
-                    self.gap(i, last_u + 1, d.first, d.ts, out);
+                    self.gap(i, Some((last_u + 1, d.first)), d.ts, out);
                     self.enter_waiting(i, Some(d));
                     return;
                 }
@@ -475,7 +478,7 @@ impl Decoder {
                     }
                     if d.first != l + 1 {
                         // Levels we knew may have changed unseen: forget them and start again.
-                        self.gap(i, l + 1, d.first, d.ts, out);
+                        self.gap(i, Some((l + 1, d.first)), d.ts, out);
                         let pb = &mut self.products.list[i];
                         let mut none = Vec::new();
                         pb.apply_snapshot(src, d.ts, &mut none, out);

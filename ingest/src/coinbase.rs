@@ -78,6 +78,12 @@ pub enum FeedEvent {
         /// The gap, as [`Error::VenueGap`].
         error: Error,
     },
+    /// After an update the book of `sym` had its best bid at or above its best ask: a message
+    /// was lost without a sequence number to show it. Handled like a gap.
+    Crossed {
+        /// The product whose book crossed.
+        sym: String,
+    },
     /// The book of `sym` is stale: the driver must obtain a venue snapshot (Coinbase:
     /// unsubscribe and subscribe `level2` again; Binance: the REST depth snapshot).
     NeedSnapshot {
@@ -398,12 +404,32 @@ pub(crate) fn fixed<T>(
 }
 
 pub(crate) fn px(format: &'static str, at: u64, field: &str, text: &str) -> Result<Px> {
-    fixed(format, at, field, text, Px::parse)
+    let v = fixed(format, at, field, text, Px::parse)?;
+    non_negative(format, at, field, text, v.raw())?;
+    Ok(v)
 }
 
 pub(crate) fn qty(format: &'static str, at: u64, field: &str, text: &str) -> Result<Qty> {
-    fixed(format, at, field, text, Qty::parse)
+    let v = fixed(format, at, field, text, Qty::parse)?;
+    non_negative(format, at, field, text, v.raw())?;
+    Ok(v)
 }
+
+/// Spot prices and sizes are never negative; one that is means the input is not what we think.
+fn non_negative(format: &'static str, at: u64, field: &str, text: &str, raw: i64) -> Result<()> {
+    if raw < 0 {
+        return Err(Error::Parse {
+            format,
+            offset: at,
+            what: format!("field {field} = {:?} is negative; spot prices and sizes never are", truncate(text)),
+        });
+    }
+    Ok(())
+}
+
+/// Most products one decoder tracks: a feed naming more is not a venue feed we understand, and
+/// the cap keeps garbage input from growing memory without bound.
+pub(crate) const MAX_PRODUCTS: usize = 100_000;
 
 pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(60).collect()
@@ -535,6 +561,12 @@ impl Products {
         if let Some(&i) = self.index.get(name) {
             return Ok(i);
         }
+        if self.list.len() >= MAX_PRODUCTS {
+            return Err(Error::Config(format!(
+                "more than {MAX_PRODUCTS} products on one feed (new one {:?}); split the feed into several sources",
+                truncate(name)
+            )));
+        }
         let sym = Symbol::new(name).map_err(Error::Codec)?;
         let i = self.list.len();
         let id = u32::try_from(i).map_err(|_| Error::Config("more than 4 billion products".into()))?;
@@ -590,17 +622,23 @@ fn bad(at: u64, what: impl Into<String>) -> Error {
     Error::Parse { format: FORMAT, offset: at, what: what.into() }
 }
 
-/// Marks every product stale after a loss on the connection and tells the driver.
+/// Marks every product stale after a loss on the connection and tells the driver. `gap` is
+/// the (expected, got) venue sequence, or `None` when a crossed book showed the loss.
 fn connection_gap(
     src: SourceId,
     products: &mut Products,
     events: &mut Vec<FeedEvent>,
     sym: &str,
-    (expected, got): (u64, u64),
+    gap: Option<(u64, u64)>,
     ts: u64,
     out: &mut Vec<Record>,
 ) {
-    events.push(FeedEvent::Gap { sym: sym.to_owned(), error: Error::VenueGap { format: FORMAT, expected, got } });
+    events.push(match gap {
+        Some((expected, got)) => {
+            FeedEvent::Gap { sym: sym.to_owned(), error: Error::VenueGap { format: FORMAT, expected, got } }
+        }
+        None => FeedEvent::Crossed { sym: sym.to_owned() },
+    });
     for p in &mut products.list {
         if p.live {
             out.push(p.status(src, ts, TradingState::Unknown, "GAP"));
@@ -819,7 +857,7 @@ impl ExchangeDecoder {
                     self.extra[i].book_time = ts;
                     if pb.book.is_crossed() {
                         let name = pb.sym.as_str().to_owned();
-                        connection_gap(src, &mut self.products, &mut self.events, &name, (0, 0), ts, out);
+                        connection_gap(src, &mut self.products, &mut self.events, &name, None, ts, out);
                     } else {
                         pb.emit_quote(src, ts, out);
                     }
@@ -848,7 +886,7 @@ impl ExchangeDecoder {
                 }
                 if let Some((expected, got)) = gap {
                     let name = self.products.list[i].sym.as_str().to_owned();
-                    connection_gap(src, &mut self.products, &mut self.events, &name, (expected, got), ts, out);
+                    connection_gap(src, &mut self.products, &mut self.events, &name, Some((expected, got)), ts, out);
                 }
                 if m.kind == "match" {
                     let price = px(FORMAT, at, "price", m.price.ok_or_else(|| bad(at, "match without price"))?)?;
@@ -1107,7 +1145,15 @@ impl AdvancedDecoder {
         if let Some(s) = m.sequence_num {
             if let Some(last) = self.last_seq {
                 if s != last + 1 {
-                    connection_gap(src, &mut self.products, &mut self.events, channel, (last + 1, s), msg_ts, out);
+                    connection_gap(
+                        src,
+                        &mut self.products,
+                        &mut self.events,
+                        channel,
+                        Some((last + 1, s)),
+                        msg_ts,
+                        out,
+                    );
                 }
             }
             self.last_seq = Some(s);
@@ -1173,7 +1219,7 @@ impl AdvancedDecoder {
                 }
                 if pb.book.is_crossed() {
                     let name = pb.sym.as_str().to_owned();
-                    connection_gap(src, &mut self.products, &mut self.events, &name, (0, 0), ts, out);
+                    connection_gap(src, &mut self.products, &mut self.events, &name, None, ts, out);
                 } else {
                     pb.emit_quote(src, ts, out);
                 }
