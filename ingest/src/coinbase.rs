@@ -38,9 +38,15 @@
 //!
 //! A loss on a connection can hide messages of any product on it, so on a gap every book of
 //! the connection goes stale: the decoder emits `Status { Unknown, "GAP" }` for each product,
-//! reports a [`FeedEvent::Gap`] (holding [`Error::VenueGap`]) and a [`FeedEvent::NeedSnapshot`]
-//! per product, and ignores book updates of a stale product until its next snapshot, after
-//! which it emits `Status { Trading, "RESYNC" }`. Trades keep flowing during a resync.
+//! reports a [`FeedEvent::Gap`] (holding [`Error::VenueGap`]; [`FeedEvent::Crossed`] when a
+//! crossed book showed the loss) and a [`FeedEvent::NeedSnapshot`] per product, and ignores
+//! book updates of a stale product until its next snapshot, after which it emits
+//! `Status { Trading, "RESYNC" }`. Trades keep flowing during a resync. A connection that ends
+//! makes every live book stale the same way, with `Status { Unknown, "DISCONN" }`
+//! (`connection_reset`, called by the driver before it reconnects).
+//!
+//! The live driver re-subscribes the book channel of stale products and waits; it does not
+//! yet retry a re-subscription the venue never answers (a reconnect does).
 //!
 //! # Time
 //! `ts_event` is the venue's `time` / `event_time` (RFC 3339, UTC). An Exchange snapshot has no

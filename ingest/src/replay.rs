@@ -1,4 +1,5 @@
-//! Crypto captures: reading them ([`load_capture`]) and serving them as a local venue
+//! Crypto captures: reading them ([`load_capture`]), decoding them whole ([`decode_capture`],
+//! for `tickmesh ingest FILE --format coinbase|binance`) and serving them as a local venue
 //! ([`ReplayServer`]) so the live adapters can be tested end to end, and the demo can feed a
 //! region from a real capture (`tickmesh demo --feed coinbase:FILE`).
 //!
