@@ -52,6 +52,29 @@ enum Cmd {
         #[arg(long)]
         slow_bytes: Option<usize>,
     },
+    /// Decode a capture and print its normalized records as JSON lines.
+    Ingest {
+        /// The capture file.
+        file: PathBuf,
+        /// Its format: itch, moldudp64-pcap, dbn, coinbase, binance, lobster.
+        #[arg(long)]
+        format: String,
+        /// Output: `jsonl` (one data message per line).
+        #[arg(long, default_value = "jsonl")]
+        emit: String,
+        /// Also print the book state after each record that changes a book.
+        #[arg(long)]
+        book: bool,
+        /// Print counts per record kind and the decode rate to standard error.
+        #[arg(long)]
+        stats: bool,
+        /// Source id of the records (default per format, e.g. XNAS.ITCH).
+        #[arg(long)]
+        source: Option<String>,
+        /// Trading date YYYY-MM-DD, for formats whose times count from midnight (ITCH, LOBSTER).
+        #[arg(long)]
+        date: Option<String>,
+    },
     /// Manage the mesh's private CA and region certificates.
     Certs {
         #[command(subcommand)]
@@ -188,6 +211,12 @@ fn main() -> anyhow::Result<()> {
             }
             init_tracing(None);
             demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, slow_bytes })
+        }
+        Cmd::Ingest { file, format, emit, book, stats, source, date } => {
+            if emit != "jsonl" {
+                anyhow::bail!("--emit {emit} is not supported; use --emit jsonl");
+            }
+            tickmesh::cmd::ingest::run(tickmesh::cmd::ingest::IngestOptions { file, format, book, stats, source, date })
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
