@@ -39,10 +39,12 @@ enum Cmd {
         /// State directory (journals, certificates, configs); a new temporary one by default.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Feed: `synthetic`.
-        #[arg(long, default_value = "synthetic")]
+        /// Feed: `default` (a different real capture per region from ../shared/data when
+        /// present, synthetic otherwise), `synthetic`, or FORMAT:FILE (the first region
+        /// replays that capture; formats as for `tickmesh ingest`).
+        #[arg(long, default_value = "default")]
         feed: String,
-        /// Records per second per region (synthetic feed).
+        /// Records per second per region (synthetic feeds and capture replays).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         /// WAN emulation between regions: `off` (plain loopback).

@@ -94,7 +94,11 @@ fn book_state(rec: &Record, b: &LevelBook, out: &mut Vec<u8>) {
 }
 
 /// Feeds a file to a decoder in 1 MiB chunks.
-fn feed_file(path: &Path, dec: &mut dyn Decoder, mut on: impl FnMut(&Record) -> std::io::Result<()>) -> anyhow::Result<()> {
+fn feed_file(
+    path: &Path,
+    dec: &mut dyn Decoder,
+    mut on: impl FnMut(&Record) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut recs = Vec::with_capacity(4096);
@@ -161,7 +165,13 @@ pub fn run(opts: IngestOptions) -> anyhow::Result<()> {
     p.out.flush()?;
     if opts.stats {
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("{}: {} records in {:.3} s ({:.0} records/s)", opts.file.display(), p.records, secs, p.records as f64 / secs.max(1e-9));
+        eprintln!(
+            "{}: {} records in {:.3} s ({:.0} records/s)",
+            opts.file.display(),
+            p.records,
+            secs,
+            p.records as f64 / secs.max(1e-9)
+        );
         for (k, n) in &p.kinds {
             eprintln!("  {k:<14} {n}");
         }
@@ -173,6 +183,37 @@ pub fn run(opts: IngestOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Decodes a whole capture into records (seq unset), for a node's capture feed.
+pub fn decode_all(format: &str, path: &Path, source: Option<&str>, date: Option<&str>) -> anyhow::Result<Vec<Record>> {
+    let opts = IngestOptions {
+        file: path.to_owned(),
+        format: format.to_owned(),
+        book: false,
+        stats: false,
+        source: source.map(str::to_owned),
+        date: date.map(str::to_owned),
+    };
+    let src = |default: &str| -> anyhow::Result<SourceId> {
+        SourceId::new(source.unwrap_or(default)).map_err(anyhow::Error::from)
+    };
+    let mut out = Vec::new();
+    match format {
+        "coinbase" | "binance" => {
+            let id = src(if format == "coinbase" { "COINBASE" } else { "BINANCE" })?;
+            tickmesh_ingest::replay::decode_capture(path, id, |r| out.push(*r))
+                .with_context(|| format!("decoding {}", path.display()))?;
+        }
+        other => {
+            let mut dec = make_decoder(other, &opts, src)?;
+            feed_file(path, dec.as_mut(), |r| {
+                out.push(*r);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(out)
 }
 
 fn make_decoder(

@@ -36,6 +36,7 @@ impl Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
             .args(["demo", "--json", "--port-base", "0", "--state-dir"])
             .arg(state_dir.path())
+            .args(if extra.contains(&"--feed") { &[][..] } else { &["--feed", "synthetic"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
