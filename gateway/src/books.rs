@@ -119,21 +119,6 @@ impl CoreBooks {
     }
 }
 
-fn levels_json(levels: &[(Px, Qty)], out: &mut Vec<u8>) {
-    out.push(b'[');
-    for (i, (p, q)) in levels.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"[\"");
-        p.write_to(out);
-        out.extend_from_slice(b"\",\"");
-        q.write_to(out);
-        out.extend_from_slice(b"\"]");
-    }
-    out.push(b']');
-}
-
 /// `book` / `book_snapshot` JSON.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn book_json(
@@ -164,9 +149,9 @@ pub(crate) fn book_json(
         out.extend_from_slice(n.format(t).as_bytes());
     }
     out.extend_from_slice(b",\"bids\":");
-    levels_json(bids, &mut out);
+    tickmesh_codec::json::write_levels(bids.iter().copied(), &mut out);
     out.extend_from_slice(b",\"asks\":");
-    levels_json(asks, &mut out);
+    tickmesh_codec::json::write_levels(asks.iter().copied(), &mut out);
     if conflated {
         out.extend_from_slice(b",\"conflated\":true");
     }

@@ -77,18 +77,8 @@ fn book_state(rec: &Record, b: &LevelBook, out: &mut Vec<u8>) {
     out.extend_from_slice(format!(",\"seq\":{},\"sym\":", rec.header.seq.0).as_bytes());
     json::write_str(rec.header.sym.as_str(), out);
     for (name, side) in [("bids", Side::Buy), ("asks", Side::Sell)] {
-        out.extend_from_slice(format!(",\"{name}\":[").as_bytes());
-        for (i, (p, q, _)) in b.levels(side).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"[\"");
-            p.write_to(out);
-            out.extend_from_slice(b"\",\"");
-            q.write_to(out);
-            out.extend_from_slice(b"\"]");
-        }
-        out.push(b']');
+        out.extend_from_slice(format!(",\"{name}\":").as_bytes());
+        json::write_levels(b.levels(side).map(|(p, q, _)| (p, q)), out);
     }
     out.extend_from_slice(b"}\n");
 }
