@@ -536,7 +536,10 @@ mod tests {
             b[0] = t;
             let m = Message::parse(&b).unwrap();
             assert_eq!((m.msg_type(), m.name(), m.bytes().len()), (t, name, len));
-            assert_eq!(Message::parse(&b[..len - 1]), Err(MessageError::Short { msg_type: t, len: len - 1, need: len }));
+            assert_eq!(
+                Message::parse(&b[..len - 1]),
+                Err(MessageError::Short { msg_type: t, len: len - 1, need: len })
+            );
             b.push(0);
             assert!(Message::parse(&b).is_ok(), "longer than specified is accepted");
         }
@@ -557,7 +560,10 @@ mod tests {
         b.extend_from_slice(&3_201_400u32.to_be_bytes());
         let Ok(Message::AddOrder(a)) = Message::parse(&b) else { panic!("not an add") };
         assert_eq!((a.stock_locate(), a.tracking_number(), a.timestamp()), (13, 7, 0x0102_0304_0506));
-        assert_eq!((a.order_ref(), a.side(), a.shares(), trim_alpha(&a.stock()), a.price()), (42, b'S', 100, &b"AAPL"[..], 3_201_400));
+        assert_eq!(
+            (a.order_ref(), a.side(), a.shares(), trim_alpha(&a.stock()), a.price()),
+            (42, b'S', 100, &b"AAPL"[..], 3_201_400)
+        );
         assert_eq!(px4(a.price()), Px::parse("320.14").unwrap());
         assert_eq!(px8(u64::MAX), None);
         assert_eq!(shares(u64::MAX), None);

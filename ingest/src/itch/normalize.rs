@@ -146,7 +146,10 @@ fn symbol(stock: &[u8; 8], offset: u64) -> Result<Symbol> {
     std::str::from_utf8(t).ok().and_then(|s| Symbol::new(s).ok()).ok_or_else(|| Error::Parse {
         format: FORMAT,
         offset,
-        what: format!("stock field {:?} is not a symbol (blank or not printable ASCII); the message is corrupt", String::from_utf8_lossy(stock)),
+        what: format!(
+            "stock field {:?} is not a symbol (blank or not printable ASCII); the message is corrupt",
+            String::from_utf8_lossy(stock)
+        ),
     })
 }
 
@@ -316,15 +319,42 @@ impl Normalizer {
         let src = self.src;
         let meta = |sym: Symbol, ts_event: u64| mk_meta(src, locate, sym, ts_event);
         match msg {
-            Message::AddOrder(m) => {
-                self.add(locate, offset, m.timestamp(), m.stock(), m.order_ref(), m.side(), m.shares(), m.price(), msg, out)
-            }
-            Message::AddOrderMpid(m) => {
-                self.add(locate, offset, m.timestamp(), m.stock(), m.order_ref(), m.side(), m.shares(), m.price(), msg, out)
-            }
-            Message::OrderExecuted(m) => {
-                self.execute(locate, offset, m.timestamp(), m.order_ref(), m.executed_shares(), m.match_number(), None, true, msg, out)
-            }
+            Message::AddOrder(m) => self.add(
+                locate,
+                offset,
+                m.timestamp(),
+                m.stock(),
+                m.order_ref(),
+                m.side(),
+                m.shares(),
+                m.price(),
+                msg,
+                out,
+            ),
+            Message::AddOrderMpid(m) => self.add(
+                locate,
+                offset,
+                m.timestamp(),
+                m.stock(),
+                m.order_ref(),
+                m.side(),
+                m.shares(),
+                m.price(),
+                msg,
+                out,
+            ),
+            Message::OrderExecuted(m) => self.execute(
+                locate,
+                offset,
+                m.timestamp(),
+                m.order_ref(),
+                m.executed_shares(),
+                m.match_number(),
+                None,
+                true,
+                msg,
+                out,
+            ),
             Message::OrderExecutedWithPrice(m) => self.execute(
                 locate,
                 offset,
@@ -346,7 +376,8 @@ impl Normalizer {
                 let Some(s) = self.securities.get(locate) else {
                     return self.policy.conflict(msg, offset, BookError::UnknownOrder(m.original_order_ref()));
                 };
-                let (old_ref, new_ref, px, qty) = (m.original_order_ref(), m.new_order_ref(), px4(m.price()), units(m.shares()));
+                let (old_ref, new_ref, px, qty) =
+                    (m.original_order_ref(), m.new_order_ref(), px4(m.price()), units(m.shares()));
                 match s.book.replace(old_ref, new_ref, px, qty) {
                     Ok((old, old_level, new_level)) => {
                         let mt = meta(s.sym, ts);
@@ -367,7 +398,8 @@ impl Normalizer {
             Message::Trade(m) => {
                 let ts = self.ts(m.timestamp(), offset)?;
                 let s = self.securities.with_stock(locate, m.stock(), offset)?;
-                let body = Trade { px: px4(m.price()), qty: units(m.shares()), side: Side::None, match_id: m.match_number() };
+                let body =
+                    Trade { px: px4(m.price()), qty: units(m.shares()), side: Side::None, match_id: m.match_number() };
                 out.push(Record::new(meta(s.sym, ts), Body::Trade(body)));
                 Ok(())
             }
@@ -433,9 +465,10 @@ impl Normalizer {
             }
             Message::Noii(m) => {
                 let ts = self.ts(m.timestamp(), offset)?;
-                let paired = message::shares(m.paired_shares()).ok_or_else(|| too_many_shares(offset, m.paired_shares()))?;
-                let imb =
-                    message::shares(m.imbalance_shares()).ok_or_else(|| too_many_shares(offset, m.imbalance_shares()))?;
+                let paired =
+                    message::shares(m.paired_shares()).ok_or_else(|| too_many_shares(offset, m.paired_shares()))?;
+                let imb = message::shares(m.imbalance_shares())
+                    .ok_or_else(|| too_many_shares(offset, m.imbalance_shares()))?;
                 let s = self.securities.with_stock(locate, m.stock(), offset)?;
                 let side = match m.imbalance_direction() {
                     b'B' => Side::Buy,
@@ -587,7 +620,6 @@ impl Normalizer {
             Err(e) => self.policy.conflict(msg, offset, e),
         }
     }
-
 }
 
 #[inline]

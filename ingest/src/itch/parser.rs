@@ -110,7 +110,10 @@ impl Parser {
             return Ok(());
         }
         let what = if self.carry.len() < 2 {
-            format!("the stream ends 1 byte into a length prefix; the file is truncated (cut at byte {})", self.offset + 1)
+            format!(
+                "the stream ends 1 byte into a length prefix; the file is truncated (cut at byte {})",
+                self.offset + 1
+            )
         } else {
             let need = 2 + usize::from(u16::from_be_bytes([self.carry[0], self.carry[1]]));
             format!(
@@ -166,7 +169,11 @@ impl<'a> Iterator for Messages<'a> {
         let at = self.pos as u64;
         if rest.len() < 2 {
             self.pos = self.buf.len();
-            return Some(Err(Error::Parse { format: FORMAT, offset: at, what: "the buffer ends inside a length prefix".into() }));
+            return Some(Err(Error::Parse {
+                format: FORMAT,
+                offset: at,
+                what: "the buffer ends inside a length prefix".into(),
+            }));
         }
         let need = 2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         if rest.len() < need {

@@ -33,7 +33,8 @@ pub struct EasternDate {
 impl EasternDate {
     /// The date `year-month-day`; years 1970 to 2500 (so that ns since the epoch fit a `u64`).
     pub fn new(year: i32, month: u8, day: u8) -> Result<Self> {
-        if !(1970..=2500).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        if !(1970..=2500).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month)
+        {
             return Err(Error::Config(format!(
                 "{year:04}-{month:02}-{day:02} is not a valid trading date; give a real calendar date from 1970 to 2500"
             )));
@@ -48,7 +49,9 @@ impl EasternDate {
             && digits.iter().all(u8::is_ascii_digit)
             && (s.len() == 8 || (s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-'));
         if !well_formed {
-            return Err(Error::Config(format!("date {s:?} is not YYYY-MM-DD or YYYYMMDD; give the trading date, e.g. 2020-01-30")));
+            return Err(Error::Config(format!(
+                "date {s:?} is not YYYY-MM-DD or YYYYMMDD; give the trading date, e.g. 2020-01-30"
+            )));
         }
         let n = |r: std::ops::Range<usize>| digits[r].iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
         Self::new(n(0..4) as i32, n(4..6) as u8, n(6..8) as u8)
