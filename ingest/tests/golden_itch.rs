@@ -642,8 +642,11 @@ fn pcap_decoding_does_not_depend_on_how_the_input_is_cut() {
     }
 }
 
-fn whole_file_records() -> &'static (Vec<Record>, Vec<(String, u64)>) {
-    static ONCE: std::sync::OnceLock<(Vec<Record>, Vec<(String, u64)>)> = std::sync::OnceLock::new();
+/// Records and message counts of the whole ITCH file decoded in one piece.
+type Decoded = (Vec<Record>, Vec<(String, u64)>);
+
+fn whole_file_records() -> &'static Decoded {
+    static ONCE: std::sync::OnceLock<Decoded> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         let mut dec = FileDecoder::new(config(ITCH_FILE_DATE, true));
         let recs = decode_all(&mut dec, &[&read(ITCH_FILE)]);

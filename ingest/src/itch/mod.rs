@@ -56,7 +56,7 @@ impl FileDecoder {
     }
 
     /// A decoder for the file at `path`, taking the trading date from its name (NASDAQ's
-    /// `MMDDYYYY.NASDAQ_ITCH50`, or a `YYYY-MM-DD`/`YYYYMMDD` in the name or a directory)
+    /// `MMDDYYYY.NASDAQ_ITCH50`, or a `YYYY-MM-DD`/`YYYYMMDD` in the name or its directory)
     /// unless `config.date` is set. No date anywhere is an error that says how to give one.
     pub fn for_path(path: &str, mut config: NormalizerConfig) -> Result<Self> {
         if config.date.is_none() {
@@ -113,7 +113,7 @@ pub fn bench_parse(bytes: &[u8]) -> Result<u64> {
 }
 
 /// Parses and normalizes a length-prefixed ITCH buffer, books included, as a live feed
-/// would (64 KiB pieces, records handed off and the buffer reused); returns (messages,
+/// would (64 KiB reads, records handed off and the buffer reused); returns (messages,
 /// records). For `tickmesh bench ingest` and the criterion bench.
 pub fn bench_parse_normalize(bytes: &[u8]) -> Result<(u64, u64)> {
     let date = EasternDate::new(2020, 1, 30)?;

@@ -59,10 +59,11 @@ impl EasternDate {
 
     /// The trading date named in a capture's file name or path, if there is one: NASDAQ's
     /// `MMDDYYYY.NASDAQ_ITCH50[.gz]`, or an embedded `YYYY-MM-DD` or `YYYYMMDD` (as in
-    /// `Nasdaq.Equities.TotalView.Itch.v5.0.20230822/...`). Looks at the file name first,
-    /// then at the directories above it, nearest first.
+    /// `Nasdaq.Equities.TotalView.Itch.v5.0.20230822/...`). Looks at the file name, then at
+    /// the directory that holds it; no further up, where a date would more likely belong to
+    /// something else (a backup, a job directory) than to the capture.
     pub fn from_file_name(path: &str) -> Option<Self> {
-        path.rsplit(['/', '\\']).find_map(Self::from_name_part)
+        path.rsplit(['/', '\\']).filter(|p| !p.is_empty()).take(2).find_map(Self::from_name_part)
     }
 
     fn from_name_part(name: &str) -> Option<Self> {
@@ -286,6 +287,7 @@ mod tests {
         assert_eq!(p("x/Nasdaq.Equities.TotalView.Itch.v5.0.20230822/CrossTrade.pcap").as_deref(), Some("2023-08-22"));
         assert_eq!(p("AMZN_2012-06-21_34200000_57600000_message_1.csv").as_deref(), Some("2012-06-21"));
         assert_eq!(p("itch/locate-13-10k.bin"), None);
+        assert_eq!(p("/backup.20240101/itch/locate-13-10k.bin"), None);
         assert!(EasternDate::parse("2020-13-01").is_err());
         assert!(EasternDate::parse("2020-02-30").is_err());
         assert_eq!(EasternDate::parse("20240229").unwrap().to_string(), "2024-02-29");
