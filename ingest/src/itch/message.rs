@@ -152,24 +152,29 @@ macro_rules! messages {
                 pub const LEN: usize = $len;
 
                 /// The message's bytes (at least [`Self::LEN`] of them).
+                #[inline]
                 pub fn bytes(&self) -> &'a [u8] {
                     self.0
                 }
                 /// Stock locate: the day's numeric id of the security (0 for market-wide messages).
+                #[inline]
                 pub fn stock_locate(&self) -> u16 {
                     u16be(self.0, 1)
                 }
                 /// NASDAQ internal tracking number.
+                #[inline]
                 pub fn tracking_number(&self) -> u16 {
                     u16be(self.0, 3)
                 }
                 /// Nanoseconds since midnight US/Eastern.
+                #[inline]
                 pub fn timestamp(&self) -> u64 {
                     u48be(self.0, 5)
                 }
                 $(
                     $(#[$fdoc])*
-                    pub fn $field(&self) -> $ty {
+                    #[inline]
+                pub fn $field(&self) -> $ty {
                         $read(self.0, $off)
                     }
                 )*
@@ -215,11 +220,13 @@ macro_rules! messages {
             }
 
             /// The message type byte.
+            #[inline]
             pub fn msg_type(&self) -> u8 {
                 match self { $(Message::$name(_) => $tag,)* }
             }
 
             /// The message's bytes.
+            #[inline]
             pub fn bytes(&self) -> &'a [u8] {
                 match self { $(Message::$name(m) => m.0,)* }
             }
@@ -230,14 +237,17 @@ macro_rules! messages {
             }
 
             /// Stock locate.
+            #[inline]
             pub fn stock_locate(&self) -> u16 {
                 u16be(self.bytes(), 1)
             }
             /// Tracking number.
+            #[inline]
             pub fn tracking_number(&self) -> u16 {
                 u16be(self.bytes(), 3)
             }
             /// Nanoseconds since midnight US/Eastern.
+            #[inline]
             pub fn timestamp(&self) -> u64 {
                 u48be(self.bytes(), 5)
             }

@@ -553,12 +553,13 @@ impl Normalizer {
             return self.policy.conflict(msg, offset, BookError::UnknownOrder(order_ref));
         };
         let qty = units(executed);
-        match s.book.order(order_ref) {
-            None => return self.policy.conflict(msg, offset, BookError::UnknownOrder(order_ref)),
-            Some(o) if o.qty < qty && self.policy.strict => {
+        // Strict mode refuses an execution larger than the order before touching the book;
+        // otherwise the book clamps it (and an unknown order is reported by `reduce`), which
+        // saves a lookup on the hot path.
+        if self.policy.strict {
+            if let Some(o) = s.book.order(order_ref).filter(|o| o.qty < qty) {
                 return Err(overdraw(msg, offset, order_ref, executed, o.qty));
             }
-            Some(_) => {}
         }
         match s.book.reduce(order_ref, qty) {
             Ok((before, level)) => {
@@ -598,12 +599,12 @@ impl Normalizer {
         let r = match cancelled {
             Some(n) => {
                 let qty = units(n);
-                match s.book.order(order_ref) {
-                    Some(o) if o.qty < qty && self.policy.strict => {
+                if self.policy.strict {
+                    if let Some(o) = s.book.order(order_ref).filter(|o| o.qty < qty) {
                         return Err(overdraw(msg, offset, order_ref, n, o.qty));
                     }
-                    _ => s.book.reduce(order_ref, qty).map(|(o, l)| (o, l, qty.min(o.qty))),
                 }
+                s.book.reduce(order_ref, qty).map(|(o, l)| (o, l, qty.min(o.qty)))
             }
             None => s.book.delete(order_ref).map(|(o, l)| (o, l, o.qty)),
         };
