@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub rate: u32,
     /// Feed selection (`synthetic` for now).
     pub feed: String,
+    /// Gateway slow-consumer bound in bytes (None: the gateway default, 4 MiB).
+    pub slow_bytes: Option<usize>,
 }
 
 struct Region {
@@ -134,7 +136,11 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let cfg = NodeConfig {
             region: r.name.clone(),
             state_dir: r.dir.clone(),
-            gateway: tickmesh_gateway::GatewayConfig { listen: r.ws, ..Default::default() },
+            gateway: tickmesh_gateway::GatewayConfig {
+                listen: r.ws,
+                slow_bytes: opts.slow_bytes.unwrap_or(tickmesh_gateway::GatewayConfig::default().slow_bytes),
+                ..Default::default()
+            },
             journal: Default::default(),
             mesh: Some(MeshConfig {
                 listen: r.mesh,

@@ -101,6 +101,7 @@ impl Node {
         for (src, seq) in journal.positions() {
             shared.note_position(src, seq);
         }
+        shared.set_journal(journal.clone());
 
         let view = Arc::new(NodeView { cfg: cfg.clone(), mesh: std::sync::OnceLock::new(), shared: shared.clone() });
         let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))

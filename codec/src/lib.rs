@@ -115,19 +115,17 @@ mod roundtrip {
                 qty,
                 count
             })),
-            (u, any_side(), p.clone(), q.clone())
-                .prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd { order_id, side, px, qty })),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd {
+                order_id,
+                side,
+                px,
+                qty
+            })),
             (u, any_side(), p.clone(), q.clone())
                 .prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
-            (u, any_side(), p.clone(), q.clone()).prop_map(
-                |(order_id, side, px, cancelled)| Body::OrderCancel(OrderCancel {
-                    order_id,
-                    side,
-                    px,
-                    cancelled,
-                    remaining: cancelled
-                })
-            ),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, cancelled)| Body::OrderCancel(
+                OrderCancel { order_id, side, px, cancelled, remaining: cancelled }
+            )),
             (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
                 OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id }
             )),
