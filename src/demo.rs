@@ -96,12 +96,15 @@ fn feed_for(i: usize, region: &str, opts: &DemoOptions) -> anyhow::Result<FeedCo
     };
     let capture = |format: &str, path: &Path| -> anyhow::Result<FeedConfig> {
         let path = path.canonicalize().with_context(|| format!("capture {} not found", path.display()))?;
+        let dated = tickmesh_ingest::itch::EasternDate::from_file_name(&path.to_string_lossy()).is_some();
         Ok(FeedConfig::Capture(crate::config::CaptureFeed {
             source: format!("{}.{code}", format_tag(format)),
             format: format.to_owned(),
             path,
             rate: opts.rate,
-            date: None,
+            // A capture whose name carries no trading date (the ITCH sample) is replayed
+            // as today's session.
+            date: (format == "itch" && !dated).then(today_eastern),
         }))
     };
     match opts.feed.as_str() {
@@ -124,6 +127,12 @@ fn feed_for(i: usize, region: &str, opts: &DemoOptions) -> anyhow::Result<FeedCo
             }
         }
     }
+}
+
+/// Today's date in US/Eastern, `YYYY-MM-DD`.
+fn today_eastern() -> String {
+    let d = tickmesh_ingest::itch::EasternDate::from_unix_ns(tickmesh_codec::now_ns());
+    d.to_string()
 }
 
 fn free_port_tcp() -> anyhow::Result<u16> {

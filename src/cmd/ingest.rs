@@ -211,6 +211,20 @@ fn make_decoder(
     opts: &IngestOptions,
     source: impl Fn(&str) -> anyhow::Result<SourceId>,
 ) -> anyhow::Result<Box<dyn Decoder>> {
-    let _ = (opts, &source);
-    bail!("--format {format} is not one of {FORMATS}")
+    use tickmesh_ingest::itch::{EasternDate, FileDecoder, NormalizerConfig};
+    let date = match &opts.date {
+        Some(d) => Some(EasternDate::parse(d).with_context(|| format!("--date {d}: use YYYY-MM-DD"))?),
+        None => None,
+    };
+    Ok(match format {
+        "itch" => {
+            let cfg = NormalizerConfig { source: source("XNAS.ITCH")?, date, ..Default::default() };
+            Box::new(FileDecoder::for_path(&opts.file.to_string_lossy(), cfg)?)
+        }
+        "moldudp64-pcap" => {
+            let itch = NormalizerConfig { source: source("XNAS.ITCH")?, date, ..Default::default() };
+            Box::new(tickmesh_ingest::pcap::PcapDecoder::new(tickmesh_ingest::pcap::PcapConfig { itch, port: None }))
+        }
+        other => bail!("--format {other} is not one of {FORMATS}"),
+    })
 }
