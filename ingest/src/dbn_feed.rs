@@ -1240,3 +1240,108 @@ fn itoa_u32(mut v: u32) -> Digits {
     }
     Digits { buf, start: i }
 }
+
+/// Reads a DBN file (plain or zstd) and decodes it with books on; the thin I/O driver
+/// around [`DbnDecoder`] for `tickmesh ingest FILE --format dbn`.
+pub fn decode_file(path: &std::path::Path, dec: &mut DbnDecoder, out: &mut Vec<Record>) -> Result<()> {
+    use std::io::Read;
+    let io = |e| Error::Io { what: format!("reading DBN file {}", path.display()), source: e };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        dec.feed(&buf[..n], out)?;
+    }
+    dec.finish(out)
+}
+
+/// Entry points for `tickmesh bench ingest` and `benches/dbn.rs`: our decoder against the
+/// `dbn` crate's own synchronous decoder over the same in-memory DBN bytes.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    use super::{DbnDecoder, VersionUpgradePolicy};
+    use crate::decoder::Decoder;
+    use crate::error::{Error, Result};
+
+    /// The largest sample of `shared/data/dbn`, the nautilus MBO capture (13,796 records).
+    pub const LARGEST_SAMPLE: &str =
+        "dbn/nautilus/order_book_deltas_catalog/orderbooks_mbo_2024-05-08T00-00-00_2024-05-08T00-00-02.dbn.zst";
+
+    /// Reads a DBN file and returns its DBN bytes, decompressed once when it is zstd, so
+    /// that a benchmark measures decoding only.
+    pub fn load(path: &std::path::Path) -> Result<Vec<u8>> {
+        let raw =
+            std::fs::read(path).map_err(|e| Error::Io { what: format!("reading {}", path.display()), source: e })?;
+        if raw.starts_with(&super::ZSTD_MAGIC) {
+            zstd::stream::decode_all(raw.as_slice())
+                .map_err(|e| Error::Io { what: format!("decompressing {}", path.display()), source: e })
+        } else {
+            Ok(raw)
+        }
+    }
+
+    /// Decodes `dbn` with [`DbnDecoder`] fed in 64 KiB chunks; returns the codec records made.
+    pub fn ours(dbn: &[u8], books: bool) -> Result<usize> {
+        let mut dec = DbnDecoder::new().with_books(books);
+        let mut out = Vec::with_capacity(4096);
+        let mut n = 0;
+        for chunk in dbn.chunks(64 * 1024) {
+            dec.feed(chunk, &mut out)?;
+            n += out.len();
+            out.clear();
+        }
+        dec.finish(&mut out)?;
+        Ok(n + out.len())
+    }
+
+    /// Decodes `dbn` with the `dbn` crate's own `Decoder` (policy `AsIs`, as ours); returns
+    /// the DBN records read. Each record's `ts_event` is summed so none is skipped.
+    pub fn reference(dbn: &[u8]) -> Result<(usize, u64)> {
+        let err = |e: dbn::Error| Error::Parse { format: "dbn", offset: 0, what: e.to_string() };
+        let mut dec = dbn::decode::dbn::Decoder::with_upgrade_policy(dbn, VersionUpgradePolicy::AsIs).map_err(err)?;
+        let (mut n, mut sum) = (0usize, 0u64);
+        while let Some(rec) = dec.decode_ref().map_err(err)? {
+            n += 1;
+            sum = sum.wrapping_add(rec.header().ts_event);
+        }
+        Ok((n, sum))
+    }
+
+    /// Decode rates over the same bytes, in DBN records per second.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Report {
+        /// DBN records in the input.
+        pub dbn_records: usize,
+        /// Our decoder with books on (order records, levels, quotes).
+        pub ours_books_per_s: f64,
+        /// Our decoder with books off (one record per DBN record).
+        pub ours_plain_per_s: f64,
+        /// The `dbn` crate's decoder (records only, no mapping).
+        pub dbn_crate_per_s: f64,
+    }
+
+    /// Runs each decoder repeatedly for at least `min_time` and reports the rates.
+    pub fn compare(dbn: &[u8], min_time: Duration) -> Result<Report> {
+        let (dbn_records, _) = reference(dbn)?;
+        let rate = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            f()?; // warm-up
+            let start = Instant::now();
+            let mut runs = 0u64;
+            while start.elapsed() < min_time || runs == 0 {
+                f()?;
+                runs += 1;
+            }
+            Ok(dbn_records as f64 * runs as f64 / start.elapsed().as_secs_f64())
+        };
+        Ok(Report {
+            dbn_records,
+            ours_books_per_s: rate(&mut || ours(dbn, true).map(drop))?,
+            ours_plain_per_s: rate(&mut || ours(dbn, false).map(drop))?,
+            dbn_crate_per_s: rate(&mut || reference(dbn).map(drop))?,
+        })
+    }
+}
