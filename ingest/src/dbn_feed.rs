@@ -1,7 +1,7 @@
 //! Databento DBN: files and streams of the `dbn` crate's binary encoding, plain or zstd.
 //!
 //! [`DbnDecoder`] is sans-I/O: bytes in (any chunking), codec records out. Around the `dbn`
-//! crate's own sans-I/O state machine ([`dbn::decode::DbnFsm`]) it adds what the crate leaves
+//! crate's own sans-I/O state machine ([`DbnFsm`]) it adds what the crate leaves
 //! to the caller: zstd detected by its magic number and decompressed as a stream straight
 //! into the state machine's buffer (concatenated frames included), a clear refusal of inputs
 //! that are not DBN streams (legacy DBZ, metadata-less fragments, anything else), the
@@ -71,6 +71,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_char;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use dbn::decode::dbn::fsm::{DbnFsm, ProcessResult};
 use dbn::{rtype, v1, v2, v3, RecordRef, SType, Schema, VersionUpgradePolicy, UNDEF_PRICE};
@@ -141,6 +142,27 @@ struct Interval {
     sym: Symbol,
 }
 
+/// Instrument ids are small integers the venue assigns: a multiply-shift hash is enough, and
+/// SipHash's resistance to chosen keys would cost a lookup's worth per record.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
 /// Counters behind [`Decoder::message_counts`], kept as plain integers on the hot path.
 #[derive(Debug, Clone)]
 struct Counts {
@@ -170,10 +192,13 @@ struct Mapper {
     schema: Option<Schema>,
     dataset: Option<String>,
     /// Instrument id to symbol from definition and live symbol-mapping records.
-    defs: HashMap<u32, Symbol>,
+    defs: IdMap<Symbol>,
     /// Instrument id to the metadata's date intervals.
-    intervals: HashMap<u32, Vec<Interval>>,
-    instruments: HashMap<u32, InstrumentBook>,
+    intervals: IdMap<Vec<Interval>>,
+    instruments: IdMap<InstrumentBook>,
+    /// The last symbol resolved: `(instrument id, UTC day, symbol)`. Records of one
+    /// instrument come in runs, so this skips the map lookups of most records.
+    last_sym: Option<(u32, u64, Symbol)>,
     counts: Counts,
     /// Byte offset in the (decompressed) DBN stream of the next record, for errors.
     offset: u64,
@@ -264,9 +289,10 @@ impl DbnDecoder {
                 version,
                 schema: None,
                 dataset: None,
-                defs: HashMap::new(),
-                intervals: HashMap::new(),
-                instruments: HashMap::new(),
+                defs: IdMap::default(),
+                intervals: IdMap::default(),
+                instruments: IdMap::default(),
+                last_sym: None,
                 counts: Counts::default(),
                 offset: 0,
             },
@@ -350,7 +376,7 @@ impl DbnDecoder {
         let words = usize::from(head[0]);
         if plausible_record(head[1], words * 4) {
             return Err(self.parse_err(format!(
-                "no DBN metadata header: this looks like a fragment (records only, first record rtype 0x{:02x}, {} bytes); decode it with DbnDecoder::fragment(version, source) or `--format dbn-fragment`",
+                "no DBN metadata header: this looks like a fragment (records only, first record rtype 0x{:02x}, {} bytes); decode it in fragment mode (DbnDecoder::fragment, given the DBN version it was written in)",
                 head[1],
                 words * 4
             )));
@@ -742,7 +768,19 @@ impl Mapper {
         self.dataset = Some(md.dataset);
     }
 
-    fn symbol(&self, id: u32, ts_event: u64) -> Symbol {
+    fn symbol(&mut self, id: u32, ts_event: u64) -> Symbol {
+        let day = ts_event / NS_PER_DAY;
+        if let Some((last_id, last_day, sym)) = self.last_sym {
+            if last_id == id && last_day == day {
+                return sym;
+            }
+        }
+        let sym = self.resolve_symbol(id, ts_event);
+        self.last_sym = Some((id, day, sym));
+        sym
+    }
+
+    fn resolve_symbol(&self, id: u32, ts_event: u64) -> Symbol {
         if let Some(s) = self.defs.get(&id) {
             return *s;
         }
@@ -891,6 +929,7 @@ impl Mapper {
                 };
                 if let Some(sym) = raw {
                     self.defs.insert(id, sym);
+                    self.last_sym = None;
                 }
                 let sym = self.symbol(id, ts);
                 self.push(out, id, sym, ts, Body::Instrument(body));
@@ -938,6 +977,7 @@ impl Mapper {
                 };
                 if let Some(sym) = sym {
                     self.defs.insert(id, sym);
+                    self.last_sym = None;
                 }
                 Ok(())
             }
@@ -1085,7 +1125,7 @@ impl Mapper {
                             old.side
                         }
                         Err(e) => {
-                            // Databento: a modify of an order not on the book adds it.
+                            // A modify of an order not on the book (placed before the capture began) is taken as an add.
                             book_err = Some(e);
                             if let Ok(l) = ob.add(oid, side, p, n) {
                                 levels[0] = Some(l);

@@ -99,6 +99,7 @@ fn best_bid_and_ask_match_the_orderbook_file_after_every_event() {
         counts.get("unknown_order").copied().unwrap_or(0) > 0,
         "orders placed before 09:30 are executed and deleted: {counts:?}"
     );
+    eprintln!("golden lobster: {events} events, quotes equal the orderbook file after each; {counts:?}");
     let total: u64 = ["add", "cancel", "delete", "execute_visible", "execute_hidden", "cross", "halt"]
         .iter()
         .filter_map(|k| counts.get(*k))
