@@ -8,7 +8,7 @@
 #      plus policy (namespace, no Secrets, Guaranteed QoS with whole CPUs) and the
 #      consistency of node.toml with the mesh NetworkPolicy
 #   4. runs `tickmesh node --config F --check-config` on the node.toml of every render
-#   5. yamllint --strict (deploy/.yamllint) over deploy/
+#   5. no key material under deploy/; yamllint --strict (deploy/.yamllint) over deploy/
 #   6. parses deploy/global/*.tf (HCL syntax; Terraform itself is not needed)
 #   7. checkov (deploy/.checkov.yaml) over the renders, deploy/ (Terraform and secrets)
 #      and the Dockerfile
@@ -86,7 +86,7 @@ version_args=()
 for v in $K8S_VERSIONS; do version_args+=(--k8s-version "$v"); done
 if python deploy/ci/check_rendered.py "${version_args[@]}" --schemas deploy/schemas \
   --configs-out "$work/configs" "$work"/rendered/*.yaml >"$work/configs.txt"; then
-  echo "ok: $(ls "$work"/rendered/*.yaml | wc -l) renders"
+  echo "ok: ${#overlays[@]} renders"
 else
   fail "schema or policy check of the rendered overlays"
 fi
@@ -98,6 +98,16 @@ while read -r cfg; do
   "$BIN" node --config "$cfg" --check-config || fail "tickmesh node --check-config on the node.toml of $(basename "$cfg" .node.toml)"
 done <"$work/configs.txt"
 [[ $configs -gt 0 ]] || fail "no node configuration was extracted from the renders"
+
+step "no key material in deploy/"
+# checkov's secrets scan reads YAML and Terraform, not node.toml or region.env.
+if grep -rEn -- '-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----|AKIA[0-9A-Z]{16}' deploy/; then
+  fail "deploy/ holds key material (above); keep it in the Secrets only"
+elif find deploy -type f \( -name '*.key' -o -name '*.pem' -o -name '*.p12' -o -name '*.pfx' \) | grep .; then
+  fail "deploy/ holds key or certificate files (above); keep them in the Secrets only"
+else
+  echo ok
+fi
 
 step "yamllint"
 if yamllint --strict -c deploy/.yamllint deploy/; then echo ok; else fail "yamllint"; fi

@@ -20,6 +20,9 @@ RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --locked
 step "tests"
 cargo test --workspace --locked
 
+step "deploy/ (render, schemas, yamllint, checkov, node configs)"
+scripts/deploy-check.sh
+
 step "benches, each once"
 cargo test --workspace --benches --locked
 

@@ -35,6 +35,40 @@ pub struct AuthConfig {
 pub enum FeedConfig {
     /// The deterministic synthetic feed.
     Synthetic(SyntheticConfig),
+    /// A recorded capture, decoded with the venue's decoder and replayed in a loop.
+    Capture(CaptureFeed),
+}
+
+/// A capture replayed as a home source (`kind = "capture"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFeed {
+    /// Source id of the records.
+    pub source: String,
+    /// Format, as `tickmesh ingest --format` takes it.
+    pub format: String,
+    /// The capture file.
+    pub path: PathBuf,
+    /// Records per second. Default 1,000.
+    #[serde(default = "default_capture_rate")]
+    pub rate: u32,
+    /// Trading date (YYYY-MM-DD) for formats whose times count from midnight.
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+fn default_capture_rate() -> u32 {
+    1000
+}
+
+impl FeedConfig {
+    /// The feed's source id text.
+    pub fn source(&self) -> &str {
+        match self {
+            FeedConfig::Synthetic(s) => &s.source,
+            FeedConfig::Capture(c) => &c.source,
+        }
+    }
 }
 
 /// One node of one region.
@@ -100,15 +134,25 @@ impl NodeConfig {
         let mut sources = std::collections::BTreeSet::new();
         for (i, f) in self.feeds.iter().enumerate() {
             match f {
-                FeedConfig::Synthetic(s) => {
-                    s.validate(&format!("feeds[{i}]"), &mut p);
-                    if !sources.insert(s.source.clone()) {
+                FeedConfig::Synthetic(s) => s.validate(&format!("feeds[{i}]"), &mut p),
+                FeedConfig::Capture(c) => {
+                    if let Err(e) = tickmesh_codec::SourceId::new(&c.source) {
+                        p.push(format!("feeds[{i}].source: {e}"));
+                    }
+                    if !crate::cmd::ingest::FORMATS.split(", ").any(|f| f == c.format) {
                         p.push(format!(
-                            "feeds[{i}].source {} is used twice; give every feed its own source id",
-                            s.source
+                            "feeds[{i}].format {:?} is not one of {}",
+                            c.format,
+                            crate::cmd::ingest::FORMATS
                         ));
                     }
+                    if c.rate == 0 {
+                        p.push(format!("feeds[{i}].rate is 0; use at least 1 record per second (default 1000)"));
+                    }
                 }
+            }
+            if !sources.insert(f.source().to_owned()) {
+                p.push(format!("feeds[{i}].source {} is used twice; give every feed its own source id", f.source()));
             }
         }
         if !self.regions.is_empty() && !self.regions.iter().any(|e| e.region == self.region) {

@@ -34,8 +34,11 @@ pub struct DemoOptions {
     pub state_dir: Option<PathBuf>,
     /// Records per second per region.
     pub rate: u32,
-    /// Feed selection (`synthetic` for now).
+    /// Feed selection: `default` (a real capture per region when present), `synthetic`, or
+    /// `FORMAT:FILE` (region one replays it).
     pub feed: String,
+    /// Gateway slow-consumer bound in bytes (None: the gateway default, 4 MiB).
+    pub slow_bytes: Option<usize>,
 }
 
 struct Region {
@@ -59,6 +62,70 @@ fn symbols_for(i: usize) -> Vec<String> {
     sets[i % sets.len()].iter().map(|s| s.to_string()).collect()
 }
 
+/// Captures the demo replays by default, one per region, when `../shared/data` holds them.
+const DEFAULT_CAPTURES: [(&str, &str); 3] = [
+    ("itch", "../shared/data/itch/locate-13-10k.bin"),
+    ("coinbase", "../shared/data/crypto/COINBASE.ws.28.0"),
+    ("lobster", "../shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"),
+];
+
+/// Source-id stem of a capture format.
+fn format_tag(format: &str) -> &'static str {
+    match format {
+        "itch" | "moldudp64-pcap" => "ITCH",
+        "dbn" => "DBN",
+        "coinbase" => "CB",
+        "binance" => "BN",
+        "lobster" => "LOB",
+        _ => "CAP",
+    }
+}
+
+/// The feed of region `i`: `--feed synthetic`, `--feed FORMAT:FILE` (region 0 replays it,
+/// the others run synthetic feeds), or by default a different real capture per region
+/// when present (synthetic otherwise).
+fn feed_for(i: usize, region: &str, opts: &DemoOptions) -> anyhow::Result<FeedConfig> {
+    let code = crate::regions::short_code(region);
+    let synthetic = || {
+        FeedConfig::Synthetic(SyntheticConfig {
+            source: format!("SYN.{code}"),
+            seed: 1000 + i as u64,
+            symbols: symbols_for(i),
+            rate: opts.rate,
+        })
+    };
+    let capture = |format: &str, path: &Path| -> anyhow::Result<FeedConfig> {
+        let path = path.canonicalize().with_context(|| format!("capture {} not found", path.display()))?;
+        Ok(FeedConfig::Capture(crate::config::CaptureFeed {
+            source: format!("{}.{code}", format_tag(format)),
+            format: format.to_owned(),
+            path,
+            rate: opts.rate,
+            date: None,
+        }))
+    };
+    match opts.feed.as_str() {
+        "synthetic" => Ok(synthetic()),
+        "default" => match DEFAULT_CAPTURES.get(i) {
+            Some((format, path)) if Path::new(path).exists() => capture(format, Path::new(path)),
+            _ => Ok(synthetic()),
+        },
+        spec => {
+            let Some((format, path)) = spec.split_once(':') else {
+                bail!("--feed {spec} is not synthetic or FORMAT:FILE (formats: {})", crate::cmd::ingest::FORMATS);
+            };
+            if !crate::cmd::ingest::FORMATS.split(", ").any(|f| f == format) {
+                bail!("--feed format {format} is not one of {}", crate::cmd::ingest::FORMATS);
+            }
+            if i == 0 {
+                capture(format, Path::new(path))
+            } else {
+                Ok(synthetic())
+            }
+        }
+    }
+}
+
 fn free_port_tcp() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
@@ -75,9 +142,6 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
 
 /// Runs the demo until Ctrl-C / SIGTERM.
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    if opts.feed != "synthetic" {
-        bail!("--feed {} is not available yet; use --feed synthetic", opts.feed);
-    }
     for r in &opts.regions {
         if !crate::regions::is_known(r) {
             bail!("region '{r}' is not one of {}; pick regions from REGIONS.md", crate::regions::REGIONS.join(", "));
@@ -134,7 +198,11 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let cfg = NodeConfig {
             region: r.name.clone(),
             state_dir: r.dir.clone(),
-            gateway: tickmesh_gateway::GatewayConfig { listen: r.ws, ..Default::default() },
+            gateway: tickmesh_gateway::GatewayConfig {
+                listen: r.ws,
+                slow_bytes: opts.slow_bytes.unwrap_or(tickmesh_gateway::GatewayConfig::default().slow_bytes),
+                ..Default::default()
+            },
             journal: Default::default(),
             mesh: Some(MeshConfig {
                 listen: r.mesh,
@@ -151,12 +219,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 reconnect_ms: 100,
             }),
             auth: AuthConfig { hs256_key_files: vec![key_file.clone()], eddsa_public_key_files: vec![] },
-            feeds: vec![FeedConfig::Synthetic(SyntheticConfig {
-                source: format!("SYN.{}", crate::regions::short_code(&r.name)),
-                seed: 1000 + i as u64,
-                symbols: symbols_for(i),
-                rate: opts.rate,
-            })],
+            feeds: vec![feed_for(i, &r.name, &opts)?],
             regions: entries.clone(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;

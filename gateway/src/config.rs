@@ -45,6 +45,13 @@ pub struct GatewayConfig {
     pub max_subscriptions: usize,
     /// Unsent output above which a client is slow. Default 4 MiB (PROTOCOL.md).
     pub slow_bytes: usize,
+    /// A client whose socket has not accepted a write for this long is slow, whatever its
+    /// queue holds. Default 5,000 ms (PROTOCOL.md).
+    pub slow_ms: u64,
+    /// Kernel send buffer per client socket (`SO_SNDBUF`), bytes; 0 leaves the OS default
+    /// (which autotunes up to several MiB). Default 262,144: the kernel's share of a slow
+    /// client's memory stays bounded, and slowness is noticed while it still matters.
+    pub socket_send_buffer: usize,
     /// Client requests per second allowed (burst of the same size); above it the
     /// connection is closed with 4029. Default 50.
     pub max_requests_per_sec: u32,
@@ -59,6 +66,8 @@ impl Default for GatewayConfig {
             max_message_bytes: 64 * 1024,
             max_subscriptions: 10_000,
             slow_bytes: 4 << 20,
+            slow_ms: 5_000,
+            socket_send_buffer: 256 * 1024,
             max_requests_per_sec: 50,
         }
     }
@@ -93,6 +102,16 @@ impl GatewayConfig {
             problems.push(format!(
                 "gateway.slow_bytes = {} is too small; use at least 65536 (default 4194304)",
                 self.slow_bytes
+            ));
+        }
+        if !(100..=600_000).contains(&self.slow_ms) {
+            problems
+                .push(format!("gateway.slow_ms = {} is out of range; use 100 to 600000 (default 5000)", self.slow_ms));
+        }
+        if self.socket_send_buffer != 0 && self.socket_send_buffer < 4096 {
+            problems.push(format!(
+                "gateway.socket_send_buffer = {} is too small; use 0 (OS default) or at least 4096 (default 262144)",
+                self.socket_send_buffer
             ));
         }
         if self.max_requests_per_sec == 0 {

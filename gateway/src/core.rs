@@ -31,6 +31,8 @@ pub(crate) struct Core {
     sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
     /// Highest `seq` per source dispatched on this core: what heartbeats report.
     pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
+    /// Books of the `book` channel, at this core's position.
+    pub(crate) books: RefCell<crate::books::CoreBooks>,
     next_id: std::cell::Cell<u64>,
 }
 
@@ -57,6 +59,19 @@ impl Core {
         tokio::task::spawn_local(session::run(self.clone(), stream, already_read, handle));
     }
 
+    /// Starts replaying `(source, from)` pairs from the journal for session `id`.
+    pub(crate) fn start_replay(self: &Rc<Self>, id: u64, replays: Vec<(SourceId, u64)>) {
+        // Called from inside the session's state borrow: look the handle up and spawn; the
+        // task borrows the state only once it runs.
+        let Some(handle) = self.sessions.borrow().get(&id).cloned() else { return };
+        let core = self.clone();
+        tokio::task::spawn_local(async move {
+            for (src, from) in replays {
+                session::replay(core.clone(), handle.clone(), src, from).await;
+            }
+        });
+    }
+
     pub(crate) fn remove_session(&self, id: u64) {
         if self.sessions.borrow_mut().remove(&id).is_some() {
             metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).decrement(1.0);
@@ -78,6 +93,7 @@ impl Core {
 
     fn dispatch(&self, batch: &[CoreMsg], dirty: &mut Vec<Rc<SessionHandle>>) -> bool {
         let sessions = self.sessions.borrow();
+        let now = Instant::now();
         let mut stop = false;
         let mut marks: BTreeMap<u64, ()> = BTreeMap::new();
         for msg in batch {
@@ -88,8 +104,23 @@ impl Core {
                         let e = p.entry(enc.src).or_insert(0);
                         *e = (*e).max(enc.seq);
                     }
+                    let frames = match &enc.level {
+                        Some(level) => {
+                            let mut depths: Vec<u32> = Vec::new();
+                            for s in sessions.values() {
+                                let st = s.state.borrow();
+                                if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
+                                    depths.push(st.book_depth);
+                                }
+                            }
+                            self.books.borrow_mut().apply(enc, level, &depths)
+                        }
+                        None => Vec::new(),
+                    };
                     for (id, s) in sessions.iter() {
-                        if s.state.borrow_mut().offer(enc, self.cfg.slow_bytes) && marks.insert(*id, ()).is_none() {
+                        let mut st = s.state.borrow_mut();
+                        let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
+                        if st.offer(enc, frame, self.cfg.slow_bytes, now) && marks.insert(*id, ()).is_none() {
                             dirty.push(s.clone());
                         }
                     }
@@ -156,6 +187,7 @@ pub(crate) async fn run_core(
         index,
         cfg: cfg.clone(),
         positions: RefCell::new(shared.positions()),
+        books: RefCell::new(crate::books::CoreBooks::default()),
         shared,
         sessions: RefCell::new(BTreeMap::new()),
         next_id: std::cell::Cell::new(0),
@@ -169,10 +201,14 @@ pub(crate) async fn run_core(
         }
     };
     let accept = tokio::task::spawn_local(async move {
+        let cfg = cfg;
         loop {
             match listener.accept().await {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
+                    if cfg.socket_send_buffer > 0 {
+                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(cfg.socket_send_buffer);
+                    }
                     tokio::task::spawn_local(crate::http::serve_connection(stream, router.clone()));
                 }
                 Err(e) => {

@@ -30,8 +30,12 @@ pub struct Encoded {
     pub kind: RecordKind,
     /// Symbol.
     pub sym: Symbol,
+    /// Venue event time (ns).
+    pub ts_event: u64,
     /// Ingest time (ns), for latency metrics.
     pub ts_ingest: u64,
+    /// The level, for `Level` records (the `book` channel keeps per-core books).
+    pub level: Option<tickmesh_codec::Level>,
     /// Complete text frame holding the JSON message.
     pub json_frame: Bytes,
     /// Length of the frame header at the front of `json_frame` (the rest is the JSON).
@@ -64,7 +68,17 @@ impl Encoded {
             seq: rec.seq(),
             kind: rec.kind(),
             sym: tickmesh_codec::Symbol::from_bytes(h.sym.padded()).unwrap_or_else(|_| unknown_symbol()),
+            ts_event: rec.ts_event(),
             ts_ingest: rec.ts_ingest(),
+            level: match rec.body() {
+                tickmesh_codec::BodyRef::Level(l) => Some(tickmesh_codec::Level {
+                    side: l.side.get(),
+                    px: l.px.get(),
+                    qty: l.qty.get(),
+                    count: l.count.to_native(),
+                }),
+                _ => None,
+            },
             json_frame: Bytes::from(jf),
             json_header_len,
             binary_frame: Bytes::from(bf),
@@ -80,6 +94,15 @@ impl Encoded {
     /// The length-prefixed record without its frame header (for multi-record binary frames).
     pub fn binary_payload(&self) -> Bytes {
         self.binary_frame.slice(self.binary_header_len..)
+    }
+
+    /// The JSON message marked `"conflated":true` (a slow client's merged state).
+    pub fn conflated_json(&self) -> Vec<u8> {
+        let j = &self.json_frame[self.json_header_len..];
+        let mut v = Vec::with_capacity(j.len() + 18);
+        v.extend_from_slice(&j[..j.len() - 1]);
+        v.extend_from_slice(b",\"conflated\":true}");
+        v
     }
 }
 

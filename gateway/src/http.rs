@@ -30,6 +30,7 @@ pub(crate) fn router(shared: Arc<GatewayShared>, extra: Router) -> Router {
         .route("/v1/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/v1/book", get(book))
         .route("/", get(dashboard))
         .with_state(shared);
     own.merge(extra).fallback(|| async {
@@ -43,6 +44,70 @@ pub(crate) fn router(shared: Arc<GatewayShared>, extra: Router) -> Router {
 
 async fn metrics(State(shared): State<Arc<GatewayShared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics_text()).into_response()
+}
+
+/// `GET /v1/book?sym=SYM[&src=SRC][&depth=N]`: the book as this core holds it.
+async fn book(req: Request) -> Response {
+    let q = req.uri().query().map(str::to_owned);
+    let q = q.as_deref();
+    let Some(sym) = query_param(q, "sym").filter(|s| !s.is_empty()) else {
+        return http_error(StatusCode::BAD_REQUEST, "bad_request", "sym is required, e.g. /v1/book?sym=AAPL&depth=10");
+    };
+    let depth = match query_param(q, "depth").map(str::parse::<u32>) {
+        None => 10,
+        Some(Ok(d @ 1..=1000)) => d,
+        Some(_) => return http_error(StatusCode::BAD_REQUEST, "bad_request", "depth must be 1 to 1000 (default 10)"),
+    };
+    let src = query_param(q, "src");
+    let result = core::with_current(|c| {
+        let books = c.books.borrow();
+        let sources = books.sources_of(sym);
+        let chosen = match (src, sources.as_slice()) {
+            (Some(s), _) => match sources.iter().find(|x| x.as_str() == s) {
+                Some(x) => *x,
+                None => {
+                    return Err((
+                        StatusCode::NOT_FOUND,
+                        "unknown_symbol",
+                        format!(
+                            "source {s} has no book for {sym}; sources with one: {:?}",
+                            sources.iter().map(|s| s.as_str()).collect::<Vec<_>>()
+                        ),
+                    ))
+                }
+            },
+            (None, [one]) => *one,
+            (None, []) => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    "unknown_symbol",
+                    format!("no source of this region has a book for {sym}"),
+                ))
+            }
+            (None, many) => {
+                let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "ambiguous_symbol",
+                    format!("{sym} is carried by {}; add src=, e.g. src={}", names.join(", "), names[0]),
+                ));
+            }
+        };
+        let pos = c.positions.borrow().get(&chosen).copied().unwrap_or(0);
+        let Ok(sym) = tickmesh_codec::Symbol::new(sym) else {
+            return Err((StatusCode::BAD_REQUEST, "bad_request", "sym is not a valid symbol".to_owned()));
+        };
+        books.snapshot(chosen, sym, pos, depth, false).ok_or((
+            StatusCode::NOT_FOUND,
+            "unknown_symbol",
+            "no book".to_owned(),
+        ))
+    });
+    match result {
+        Some(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(Err((status, code, msg))) => http_error(status, code, &msg),
+        None => http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "book requested outside a gateway core"),
+    }
 }
 
 async fn dashboard() -> Response {

@@ -17,6 +17,7 @@
 //! sessions outright, so nothing on the per-record path takes a lock.
 
 pub mod auth;
+mod books;
 pub mod config;
 mod core;
 pub mod error;

@@ -22,6 +22,9 @@ use crate::error::ClientError;
 use crate::fanout::Encoded;
 use crate::protocol::{self, Refusal, Request, Subscriptions};
 use crate::ws;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tickmesh_codec::{RecordKind, SourceId, Symbol};
 
 /// Wire encoding chosen at connect (`encoding=` query parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +61,22 @@ pub(crate) struct SessionState {
     /// Records dropped for slowness, per source, not yet reported by `gap`.
     dropped: BTreeMap<tickmesh_codec::SourceId, (u64, u64)>,
     /// Set when the connection is to be closed after the queue drains.
-    closing: bool,
+    pub(crate) closing: bool,
+    /// Depth of this connection's `book` view (the last `subscribe` with `book` sets it).
+    pub(crate) book_depth: u32,
+    /// Sources being replayed from the journal: live records of them are skipped (the
+    /// replay reads them from the journal, which holds every record a core dispatched).
+    replaying: BTreeSet<SourceId>,
+    /// When the write in progress started (None when the writer is idle).
+    pub(crate) write_started: Option<Instant>,
+    /// A write that has not finished after this long makes the client slow.
+    slow_after: Duration,
+    /// Over the slow bound with policy `conflate`: newer state replaces older below.
+    conflating: bool,
+    /// Newest quote / status per (source, symbol) waiting while conflating.
+    pending: BTreeMap<(SourceId, Symbol, RecordKind), Arc<Encoded>>,
+    /// Books that get a fresh `book_snapshot` when conflation ends.
+    pending_books: BTreeSet<(SourceId, Symbol)>,
     next_heartbeat: Instant,
     /// Token bucket for inbound requests.
     tokens: f64,
@@ -101,6 +119,13 @@ impl SessionHandle {
                 slow: SlowPolicy::default(),
                 dropped: BTreeMap::new(),
                 closing: false,
+                book_depth: 10,
+                write_started: None,
+                slow_after: Duration::from_millis(cfg.slow_ms),
+                replaying: BTreeSet::new(),
+                conflating: false,
+                pending: BTreeMap::new(),
+                pending_books: BTreeSet::new(),
                 next_heartbeat: now + Duration::from_millis(cfg.heartbeat_ms),
                 tokens: f64::from(cfg.max_requests_per_sec),
                 tokens_at: now,
@@ -129,10 +154,23 @@ impl SessionState {
         self.closing = true;
     }
 
-    /// Offers a record; returns true if something was queued.
-    pub(crate) fn offer(&mut self, enc: &Encoded, slow_bytes: usize) -> bool {
+    /// True if this connection takes `book` deltas of `enc` as depth-limited JSON.
+    pub(crate) fn wants_json_book(&self, enc: &Encoded) -> bool {
+        self.params.encoding == Encoding::Json && !self.closing && self.subs.matches("book", enc.sym.as_str())
+    }
+
+    /// Offers a record; `book_frame` is the depth-limited JSON delta for `Level` records
+    /// (None when this connection's top-`depth` view did not change). Returns true if
+    /// something was queued.
+    pub(crate) fn offer(
+        &mut self,
+        enc: &Arc<Encoded>,
+        book_frame: Option<&Bytes>,
+        slow_bytes: usize,
+        now: Instant,
+    ) -> bool {
         let Some(channel) = enc.kind.channel() else { return false };
-        if self.closing || !self.subs.matches(channel, enc.sym.as_str()) {
+        if self.closing || !self.subs.matches(channel, enc.sym.as_str()) || self.replaying.contains(&enc.src) {
             return false;
         }
         if let Some(floor) = self.floors.get(&enc.src) {
@@ -140,27 +178,114 @@ impl SessionState {
                 return false;
             }
         }
-        if self.out_bytes > slow_bytes {
-            match self.slow {
-                SlowPolicy::Disconnect => {
-                    // Drop what is queued: the client will not read it anyway, and the
-                    // close must not wait behind megabytes.
-                    self.out.clear();
-                    self.out_bytes = 0;
-                    metrics::counter!("tickmesh_gateway_slow_consumer_events_total", "reason" => "disconnect")
-                        .increment(1);
-                    self.push_close(4008, "slow consumer");
-                    return true;
-                }
-                SlowPolicy::Drop | SlowPolicy::Conflate => {
-                    let e = self.dropped.entry(enc.src).or_insert((enc.seq, enc.seq));
-                    e.1 = enc.seq;
-                    metrics::counter!("tickmesh_gateway_slow_consumer_events_total", "reason" => "drop").increment(1);
-                    return false;
-                }
-            }
+        let json = self.params.encoding == Encoding::Json;
+        let is_book = enc.kind == RecordKind::Level;
+        if is_book && json && book_frame.is_none() {
+            return false;
+        }
+        let stuck = self.write_started.is_some_and(|t| now.duration_since(t) > self.slow_after);
+        if self.conflating || self.out_bytes > slow_bytes || stuck {
+            return self.overflow(enc, json);
         }
         self.flush_gaps();
+        let item = match (json, self.params.batch, book_frame) {
+            (true, true, Some(f)) if is_book => Out::Line(frame_payload(f)),
+            (true, false, Some(f)) if is_book => Out::Frame(f.clone()),
+            (true, true, _) => Out::Line(enc.json_payload()),
+            (true, false, _) => Out::Frame(enc.json_frame.clone()),
+            (false, _, _) => Out::Frame(enc.binary_frame.clone()),
+        };
+        self.out_bytes += item.len();
+        self.out.push_back(item);
+        true
+    }
+
+    /// The client is over its bound: apply its slow-consumer policy.
+    fn overflow(&mut self, enc: &Arc<Encoded>, json: bool) -> bool {
+        match self.slow {
+            SlowPolicy::Disconnect => {
+                // Drop what is queued: the client will not read it anyway, and the close
+                // must not wait behind megabytes.
+                self.out.clear();
+                self.out_bytes = 0;
+                metrics::counter!("tickmesh_gateway_slow_consumer_events_total", "reason" => "disconnect").increment(1);
+                self.push_close(4008, "slow consumer");
+                true
+            }
+            SlowPolicy::Conflate if json && matches!(enc.kind, RecordKind::Quote | RecordKind::Status) => {
+                self.start_conflating();
+                self.pending.insert((enc.src, enc.sym, enc.kind), enc.clone());
+                false
+            }
+            SlowPolicy::Conflate if json && enc.kind == RecordKind::Level => {
+                self.start_conflating();
+                self.pending_books.insert((enc.src, enc.sym));
+                false
+            }
+            SlowPolicy::Conflate | SlowPolicy::Drop => {
+                // Trades are never merged: they are dropped and named by a `gap`.
+                if self.slow == SlowPolicy::Conflate {
+                    self.start_conflating();
+                }
+                let e = self.dropped.entry(enc.src).or_insert((enc.seq, enc.seq));
+                e.1 = enc.seq;
+                metrics::counter!("tickmesh_gateway_slow_consumer_events_total", "reason" => "drop").increment(1);
+                false
+            }
+        }
+    }
+
+    fn start_conflating(&mut self) {
+        if !self.conflating {
+            self.conflating = true;
+            metrics::counter!("tickmesh_gateway_slow_consumer_events_total", "reason" => "conflate").increment(1);
+        }
+    }
+
+    /// Ends conflation once the queue has drained below half the bound: gaps first, then
+    /// the merged state in `seq` order (books as fresh snapshots at the core's position).
+    pub(crate) fn maybe_end_conflation(&mut self, core: &Core) {
+        if !self.conflating || self.out_bytes > core.cfg.slow_bytes / 2 {
+            return;
+        }
+        self.conflating = false;
+        self.flush_gaps();
+        let mut items: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (_, enc) in std::mem::take(&mut self.pending) {
+            items.push((enc.seq, enc.conflated_json()));
+        }
+        let positions = core.positions.borrow();
+        let books = core.books.borrow();
+        for (src, sym) in std::mem::take(&mut self.pending_books) {
+            let pos = positions.get(&src).copied().unwrap_or(0);
+            if let Some(j) = books.snapshot(src, sym, pos, self.book_depth, true) {
+                items.push((pos, j));
+            }
+        }
+        drop(books);
+        drop(positions);
+        items.sort_by_key(|(seq, _)| *seq);
+        for (_, j) in items {
+            self.push_control(&j);
+        }
+    }
+
+    /// Offers a record read back from the journal during `resume`.
+    fn offer_replayed(&mut self, rec: &tickmesh_codec::RecordRef<'_>, scratch: &mut Vec<u8>) {
+        let src = rec.source_id();
+        let floor = self.floors.entry(src).or_insert(0);
+        if rec.seq() <= *floor {
+            return;
+        }
+        *floor = rec.seq();
+        let Some(channel) = rec.kind().channel() else { return };
+        // JSON clients get book state as a snapshot when the replay ends (depth-limited
+        // deltas cannot be rebuilt for the past); binary clients get every level record.
+        let json = self.params.encoding == Encoding::Json;
+        if (json && rec.kind() == RecordKind::Level) || !self.subs.matches(channel, rec.sym()) {
+            return;
+        }
+        let enc = Encoded::new(rec, scratch);
         let item = match (self.params.encoding, self.params.batch) {
             (Encoding::Json, true) => Out::Line(enc.json_payload()),
             (Encoding::Json, false) => Out::Frame(enc.json_frame.clone()),
@@ -168,7 +293,15 @@ impl SessionState {
         };
         self.out_bytes += item.len();
         self.out.push_back(item);
-        true
+    }
+
+    /// The position to report for `src` in heartbeats.
+    pub(crate) fn position(&self, src: &SourceId, core_pos: u64) -> u64 {
+        match self.floors.get(src) {
+            Some(f) if self.replaying.contains(src) => *f,
+            Some(f) => (*f).max(core_pos),
+            None => core_pos,
+        }
     }
 
     fn flush_gaps(&mut self) {
@@ -195,7 +328,7 @@ impl SessionState {
     }
 
     /// Handles one text request; `now_ns` for `pong`.
-    pub(crate) fn handle_text(&mut self, core: &Core, text: &str, now: Instant, now_ns: u64) {
+    pub(crate) fn handle_text(&mut self, core: &Rc<Core>, text: &str, now: Instant, now_ns: u64) {
         match self.charge(now, core.cfg.max_requests_per_sec) {
             RateVerdict::Ok => {}
             RateVerdict::Refuse => {
@@ -228,7 +361,7 @@ impl SessionState {
         self.push_control(&protocol::error_reply(&r.id, r.code, &r.message));
     }
 
-    fn subscribe(&mut self, core: &Core, s: protocol::Subscribe) {
+    fn subscribe(&mut self, core: &Rc<Core>, s: protocol::Subscribe) {
         let claims = &self.params.claims;
         for c in &s.channel_list {
             if *c == "orders" && claims.home.as_deref() != Some(core.shared.region()) {
@@ -284,24 +417,64 @@ impl SessionState {
         if let Some(p) = s.slow {
             self.slow = p;
         }
-        let positions = core.positions.borrow();
+        if s.channel_list.contains(&"book") {
+            self.book_depth = s.depth;
+        }
+        let mut replays = Vec::new();
         let mut gaps = Vec::new();
-        for (src, last) in &s.resume {
-            let Ok(src) = tickmesh_codec::SourceId::new(src) else { continue };
-            // Records at or before the client's position are never delivered again.
-            self.floors.insert(src, *last);
-            let here = positions.get(&src).copied().unwrap_or(0);
-            if *last < here {
-                // Replay from the journal arrives with the gateway issue; until then the
-                // missing range is reported, never silently skipped.
-                gaps.push((src, *last + 1, here));
+        {
+            let positions = core.positions.borrow();
+            for (src, last) in &s.resume {
+                let Ok(src) = SourceId::new(src) else { continue };
+                // Records at or before the client's position are never delivered again.
+                self.floors.insert(src, *last);
+                let here = positions.get(&src).copied().unwrap_or(0);
+                if *last < here {
+                    if core.shared.journal().is_some() {
+                        self.replaying.insert(src);
+                        replays.push((src, *last + 1));
+                    } else {
+                        gaps.push((src, *last + 1, here));
+                    }
+                }
             }
         }
-        drop(positions);
         self.subs.add(&s.channel_list, &s.symbol_list);
         self.push_control(&protocol::ack("subscribed", &s.id, &s.channels, &s.symbols));
         for (src, from, to) in gaps {
             self.push_control(&protocol::gap(src.as_str(), from, to, "journal_unavailable"));
+        }
+        if s.channel_list.contains(&"book") {
+            let mut wanted = protocol::SymbolSet::default();
+            for sym in &s.symbol_list {
+                wanted.add(sym);
+            }
+            let positions = core.positions.borrow();
+            let books = core.books.borrow();
+            // Every book of a pattern the core holds, and every source of a plain symbol
+            // (empty if it has not quoted yet), so the client always has a baseline.
+            let mut keys = books.keys(|sym| wanted.matches(sym));
+            for sym in s.symbol_list.iter().filter(|s| !protocol::is_pattern(s)) {
+                let Ok(symbol) = Symbol::new(sym) else { continue };
+                for src in core.shared.sources_of(sym) {
+                    if !keys.contains(&(src, symbol)) {
+                        keys.push((src, symbol));
+                    }
+                }
+            }
+            keys.sort();
+            for (src, sym) in keys {
+                if self.replaying.contains(&src) {
+                    // Sent when the replay of this source ends, after the replayed records.
+                    continue;
+                }
+                let pos = positions.get(&src).copied().unwrap_or(0);
+                let j = books.snapshot_or_empty(src, sym, pos, self.book_depth);
+                self.push_control(&j);
+            }
+        }
+        if !replays.is_empty() {
+            core.start_replay(self.id, replays);
         }
     }
 
@@ -316,7 +489,7 @@ impl SessionState {
             self.next_heartbeat = now + interval;
         }
         let positions = core.positions.borrow();
-        let hb = protocol::heartbeat(now_ns, positions.iter().map(|(s, q)| (s.as_str(), *q)));
+        let hb = protocol::heartbeat(now_ns, positions.iter().map(|(s, q)| (s.as_str(), self.position(s, *q))));
         drop(positions);
         self.push_control(&hb);
         true
@@ -374,12 +547,12 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             let mut dec = ws::Decoder::new(core.cfg.max_message_bytes);
             dec.feed(&already_read);
             let mut buf = vec![0u8; 16 * 1024];
-            loop {
+            'session: loop {
                 loop {
                     match dec.next_message() {
                         Ok(Some(msg)) => {
                             if !on_message(&core, &handle, msg) {
-                                return;
+                                break 'session;
                             }
                         }
                         Ok(None) => break,
@@ -393,9 +566,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                                 st.push_control(&protocol::error_reply(&None, ClientError::MessageTooLarge, &msg));
                             }
                             st.push_close(e.close_code(), &e.to_string());
-                            drop(st);
-                            handle.wake.notify_one();
-                            return;
+                            break 'session;
                         }
                     }
                 }
@@ -405,10 +576,21 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     Ok(n) => dec.feed(&buf[..n]),
                 }
             }
+            // A close frame is queued. Keep reading (and discarding) until the client
+            // closes: closing a socket with unread input sends a reset, and a reset can
+            // destroy the close frame before the client reads it.
+            handle.state.borrow_mut().closing = true;
+            handle.wake.notify_one();
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
         }
     };
     let writer = {
         let handle = handle.clone();
+        let wcore = core.clone();
         async move {
             let mut batch: Vec<Bytes> = Vec::with_capacity(256);
             loop {
@@ -427,7 +609,14 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                         break;
                     }
                     let n_msgs = batch.len() as u64;
-                    match write_batch(&mut wr, &mut batch).await {
+                    handle.state.borrow_mut().write_started = Some(Instant::now());
+                    let result = write_batch(&mut wr, &mut batch).await;
+                    {
+                        let mut st = handle.state.borrow_mut();
+                        st.write_started = None;
+                        st.maybe_end_conflation(&wcore);
+                    }
+                    match result {
                         Ok(bytes) => {
                             metrics::counter!("tickmesh_gateway_frames_sent_total").increment(n_msgs);
                             metrics::counter!("tickmesh_gateway_bytes_sent_total").increment(bytes as u64);
@@ -448,7 +637,11 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             handle.wake.notify_one();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         }
-        () = &mut writer => {}
+        () = &mut writer => {
+            // Our close frame is out (or the socket failed): give the client a moment to
+            // answer it, reading whatever it still sends.
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut reader).await;
+        }
     }
     core.remove_session(handle.state.borrow().id);
 }
@@ -483,7 +676,7 @@ async fn write_batch(wr: &mut tokio::net::tcp::OwnedWriteHalf, batch: &mut Vec<B
 }
 
 /// Handles one decoded message; false ends the reader.
-fn on_message(core: &Core, handle: &SessionHandle, msg: ws::Message) -> bool {
+fn on_message(core: &Rc<Core>, handle: &SessionHandle, msg: ws::Message) -> bool {
     let mut st = handle.state.borrow_mut();
     match msg {
         ws::Message::Text(t) => {
@@ -514,5 +707,103 @@ fn on_message(core: &Core, handle: &SessionHandle, msg: ws::Message) -> bool {
             st.push_close(code, "");
             false
         }
+    }
+}
+
+/// The payload of a complete server text frame (after its 2, 4 or 10-byte header).
+fn frame_payload(f: &Bytes) -> Bytes {
+    let start = match f.get(1).copied().unwrap_or(0) & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    f.slice(start.min(f.len())..)
+}
+
+/// Reads `src` from `from` out of the journal into the session's queue until the replay
+/// has caught up with what the core has dispatched, then hands the source to live
+/// dispatch. Runs on the core's thread; reads in chunks and waits while the client's
+/// queue is over half its bound, so a long replay neither blocks the core nor floods
+/// memory.
+pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: SourceId, from: u64) {
+    let Some(journal) = core.shared.journal().cloned() else { return };
+    let finish = |st: &mut SessionState| {
+        st.replaying.remove(&src);
+        if st.params.encoding == Encoding::Json {
+            // Book state as of the end of the replay, before any live delta.
+            let pos = core.positions.borrow().get(&src).copied().unwrap_or(0);
+            let books = core.books.borrow();
+            for (s, sym) in books.keys(|sym| st.subs.matches("book", sym)) {
+                if s == src {
+                    if let Some(j) = books.snapshot(src, sym, pos, st.book_depth, false) {
+                        st.push_control(&j);
+                    }
+                }
+            }
+        }
+    };
+    if let Some(first) = journal.first_seq(&src) {
+        if first > from {
+            let mut st = handle.state.borrow_mut();
+            st.push_control(&protocol::gap(src.as_str(), from, first - 1, "journal_retention"));
+            st.floors.insert(src, first - 1);
+        }
+    }
+    let start = handle.state.borrow().floors.get(&src).copied().unwrap_or(0) + 1;
+    let mut reader = match journal.reader(&src, start.max(from)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(source = %src, error = %e, "resume: journal read failed");
+            let here = core.positions.borrow().get(&src).copied().unwrap_or(0);
+            let mut st = handle.state.borrow_mut();
+            st.push_control(&protocol::gap(src.as_str(), from, here, "journal_unavailable"));
+            st.floors.insert(src, here);
+            finish(&mut st);
+            return;
+        }
+    };
+    let mut scratch = Vec::with_capacity(512);
+    loop {
+        loop {
+            let (closing, over) = {
+                let st = handle.state.borrow();
+                (st.closing, st.out_bytes > core.cfg.slow_bytes / 2)
+            };
+            if closing {
+                return;
+            }
+            if !over {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut n = 0;
+        {
+            let mut st = handle.state.borrow_mut();
+            while n < 512 {
+                match reader.next() {
+                    Ok(Some(rec)) => {
+                        n += 1;
+                        st.offer_replayed(&rec, &mut scratch);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(source = %src, error = %e, "resume: journal read failed");
+                        break;
+                    }
+                }
+            }
+            if n < 512 {
+                let here = core.positions.borrow().get(&src).copied().unwrap_or(0);
+                if st.floors.get(&src).copied().unwrap_or(0) >= here {
+                    finish(&mut st);
+                    drop(st);
+                    handle.wake.notify_one();
+                    return;
+                }
+            }
+        }
+        handle.wake.notify_one();
+        tokio::task::yield_now().await;
     }
 }

@@ -31,6 +31,7 @@ pub struct GatewayShared {
     positions: Mutex<BTreeMap<SourceId, u64>>,
     metrics: MetricsFn,
     draining: AtomicBool,
+    journal: std::sync::OnceLock<std::sync::Arc<tickmesh_journal::Journal>>,
 }
 
 impl std::fmt::Debug for GatewayShared {
@@ -50,6 +51,7 @@ impl GatewayShared {
             positions: Mutex::new(BTreeMap::new()),
             metrics,
             draining: AtomicBool::new(false),
+            journal: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +110,16 @@ impl GatewayShared {
     /// The `/metrics` text.
     pub fn metrics_text(&self) -> String {
         (self.metrics)()
+    }
+
+    /// Gives the gateway the region's journal (for `resume`).
+    pub fn set_journal(&self, journal: std::sync::Arc<tickmesh_journal::Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The region's journal, if set.
+    pub fn journal(&self) -> Option<&std::sync::Arc<tickmesh_journal::Journal>> {
+        self.journal.get()
     }
 
     /// True while the region refuses new connections.

@@ -6,7 +6,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tickmesh_codec::{Body, InstrumentId, Meta, Px, Qty, Quote, Record, Seq, Side, SourceId, Symbol, Trade};
+use tickmesh_codec::{
+    Body, InstrumentId, Level, Meta, Px, Qty, Quote, Record, Seq, Side, SourceId, Status, Symbol, Trade, TradingState,
+};
 
 use crate::error::{Error, Result};
 
@@ -58,15 +60,26 @@ impl SyntheticConfig {
 struct Instrument {
     sym: Symbol,
     mid_ticks: i64,
-    pending_quote: bool,
+    /// Quantity (whole units) at levels 0..DEPTH from the touch, per side.
+    bids: [i64; DEPTH],
+    asks: [i64; DEPTH],
+    announced: bool,
 }
 
+/// Levels kept per side.
+const DEPTH: usize = 5;
+
 /// The generator. Produces records with `seq` 0; the [`crate::Sequencer`] stamps them.
+///
+/// Each symbol has five price levels a side around a mid price. An event is a level
+/// change (with a quote when the touch changed), a trade at the touch (trade, the touch
+/// level's new state, the quote), or, rarely, a move of the mid (every level re-quoted).
+/// A symbol's first record is a `status` of `trading`.
 pub struct SyntheticFeed {
     src: SourceId,
     rng: ChaCha8Rng,
     instruments: Vec<Instrument>,
-    pending: Option<usize>,
+    queue: std::collections::VecDeque<(usize, Body)>,
 }
 
 impl std::fmt::Debug for SyntheticFeed {
@@ -90,14 +103,21 @@ impl SyntheticFeed {
             .symbols
             .iter()
             .map(|s| {
+                let mut lv = || std::array::from_fn(|_| rng.random_range(1..=50) * 100);
                 Ok(Instrument {
                     sym: Symbol::new(s).map_err(Error::Codec)?,
-                    mid_ticks: rng.random_range(2_000..50_000),
-                    pending_quote: false,
+                    mid_ticks: 0,
+                    bids: lv(),
+                    asks: lv(),
+                    announced: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(SyntheticFeed { src, rng, instruments, pending: None })
+        let mut f = SyntheticFeed { src, rng, instruments, queue: std::collections::VecDeque::new() };
+        for i in 0..f.instruments.len() {
+            f.instruments[i].mid_ticks = f.rng.random_range(2_000..50_000);
+        }
+        Ok(f)
     }
 
     /// The source id.
@@ -105,25 +125,17 @@ impl SyntheticFeed {
         self.src
     }
 
+    /// The symbols, in instrument-id order (instrument id = index + 1).
+    pub fn symbols(&self) -> impl Iterator<Item = Symbol> + '_ {
+        self.instruments.iter().map(|i| i.sym)
+    }
+
     /// The next record, with `ts_event` = `now_ns` and `seq` unset.
     pub fn next_record(&mut self, now_ns: u64) -> Record {
-        // A trade is followed by the quote it leaves behind, as a venue would publish it.
-        let (idx, body) = if let Some(i) = self.pending.take() {
-            self.instruments[i].pending_quote = false;
-            (i, self.quote(i))
-        } else {
-            let i = self.rng.random_range(0..self.instruments.len());
-            if self.rng.random_ratio(1, 4) {
-                self.pending = Some(i);
-                self.instruments[i].pending_quote = true;
-                (i, self.trade(i))
-            } else {
-                let step = self.rng.random_range(-2i64..=2);
-                let ins = &mut self.instruments[i];
-                ins.mid_ticks = (ins.mid_ticks + step).max(100);
-                (i, self.quote(i))
-            }
-        };
+        if self.queue.is_empty() {
+            self.event();
+        }
+        let (idx, body) = self.queue.pop_front().unwrap_or_else(|| (0, self.quote(0)));
         let ins = &self.instruments[idx];
         Record::new(
             Meta {
@@ -138,31 +150,99 @@ impl SyntheticFeed {
         )
     }
 
-    fn quote(&mut self, i: usize) -> Body {
+    fn px(&self, i: usize, side: Side, k: usize) -> Px {
         let mid = self.instruments[i].mid_ticks;
-        let bid_qty = self.rng.random_range(1..=50) * 100;
-        let ask_qty = self.rng.random_range(1..=50) * 100;
-        Body::Quote(Quote {
-            bid_px: Px((mid - 1) * TICK),
-            bid_qty: Qty::from_units(bid_qty),
-            ask_px: Px((mid + 1) * TICK),
-            ask_qty: Qty::from_units(ask_qty),
-            bid_count: 1,
-            ask_count: 1,
-        })
+        let t = if side == Side::Buy { mid - 1 - k as i64 } else { mid + 1 + k as i64 };
+        Px(t * TICK)
     }
 
-    fn trade(&mut self, i: usize) -> Body {
-        let buy = self.rng.random_bool(0.5);
-        let mid = self.instruments[i].mid_ticks;
-        let px = if buy { mid + 1 } else { mid - 1 };
-        let qty = self.rng.random_range(1..=20) * 10;
-        self.instruments[i].mid_ticks = px;
-        Body::Trade(Trade {
-            px: Px(px * TICK),
-            qty: Qty::from_units(qty),
-            side: if buy { Side::Buy } else { Side::Sell },
-            match_id: 0,
+    fn level(&self, i: usize, side: Side, k: usize) -> Body {
+        let ins = &self.instruments[i];
+        let qty = if side == Side::Buy { ins.bids[k] } else { ins.asks[k] };
+        Body::Level(Level { side, px: self.px(i, side, k), qty: Qty::from_units(qty), count: 1 })
+    }
+
+    /// Generates one venue event into the queue.
+    fn event(&mut self) {
+        let i = self.rng.random_range(0..self.instruments.len());
+        if !self.instruments[i].announced {
+            self.instruments[i].announced = true;
+            self.queue.push_back((i, Body::Status(Status { state: TradingState::Trading, reason: [0; 8] })));
+            for k in 0..DEPTH {
+                for side in [Side::Buy, Side::Sell] {
+                    let l = self.level(i, side, k);
+                    self.queue.push_back((i, l));
+                }
+            }
+            let q = self.quote(i);
+            self.queue.push_back((i, q));
+            return;
+        }
+        let roll = self.rng.random_range(0..100);
+        if roll < 60 {
+            let side = if self.rng.random_bool(0.5) { Side::Buy } else { Side::Sell };
+            let k = self.rng.random_range(0..DEPTH);
+            let qty = self.rng.random_range(1..=50) * 100;
+            let ins = &mut self.instruments[i];
+            if side == Side::Buy {
+                ins.bids[k] = qty
+            } else {
+                ins.asks[k] = qty
+            }
+            let l = self.level(i, side, k);
+            self.queue.push_back((i, l));
+            if k == 0 {
+                let q = self.quote(i);
+                self.queue.push_back((i, q));
+            }
+        } else if roll < 97 {
+            let buy = self.rng.random_bool(0.5);
+            let (side, rest) = if buy { (Side::Buy, Side::Sell) } else { (Side::Sell, Side::Buy) };
+            let touch = self.px(i, rest, 0);
+            let qty = self.rng.random_range(1..=20) * 10;
+            let ins = &mut self.instruments[i];
+            let lvl = if rest == Side::Buy { &mut ins.bids[0] } else { &mut ins.asks[0] };
+            *lvl -= qty;
+            if *lvl <= 0 {
+                // The venue refills the touch: a fresh order arrives at the same price.
+                *lvl = 100;
+            }
+            self.queue.push_back((i, Body::Trade(Trade { px: touch, qty: Qty::from_units(qty), side, match_id: 0 })));
+            let l = self.level(i, rest, 0);
+            self.queue.push_back((i, l));
+            let q = self.quote(i);
+            self.queue.push_back((i, q));
+        } else {
+            // The mid moves a tick: the old levels leave, the new ones arrive.
+            for k in 0..DEPTH {
+                for side in [Side::Buy, Side::Sell] {
+                    let px = self.px(i, side, k);
+                    self.queue.push_back((i, Body::Level(Level { side, px, qty: Qty::ZERO, count: 0 })));
+                }
+            }
+            let step = if self.rng.random_bool(0.5) { 1 } else { -1 };
+            let ins = &mut self.instruments[i];
+            ins.mid_ticks = (ins.mid_ticks + step).max(100);
+            for k in 0..DEPTH {
+                for side in [Side::Buy, Side::Sell] {
+                    let l = self.level(i, side, k);
+                    self.queue.push_back((i, l));
+                }
+            }
+            let q = self.quote(i);
+            self.queue.push_back((i, q));
+        }
+    }
+
+    fn quote(&self, i: usize) -> Body {
+        let ins = &self.instruments[i];
+        Body::Quote(Quote {
+            bid_px: self.px(i, Side::Buy, 0),
+            bid_qty: Qty::from_units(ins.bids[0]),
+            ask_px: self.px(i, Side::Sell, 0),
+            ask_qty: Qty::from_units(ins.asks[0]),
+            bid_count: 1,
+            ask_count: 1,
         })
     }
 }
@@ -185,24 +265,32 @@ mod tests {
     }
 
     #[test]
-    fn quotes_never_cross_and_trades_are_followed_by_quotes() {
+    fn books_never_cross_and_quotes_follow_the_touch() {
         let mut f = SyntheticFeed::new(&SyntheticConfig::default()).unwrap();
-        let mut last_trade = None;
-        for i in 0..10_000 {
+        let mut books: std::collections::HashMap<Symbol, tickmesh_codec::book::LevelBook> = Default::default();
+        let mut kinds = std::collections::BTreeMap::new();
+        for i in 0..20_000 {
             let r = f.next_record(i);
+            *kinds.entry(r.body.kind()).or_insert(0) += 1;
+            let book = books.entry(r.header.sym).or_default();
             match r.body {
+                Body::Level(l) => {
+                    book.set(l.side, l.px, l.qty, l.count);
+                }
                 Body::Quote(q) => {
                     assert!(q.bid_px < q.ask_px);
-                    if let Some(sym) = last_trade.take() {
-                        assert_eq!(sym, r.header.sym);
-                    }
+                    let b = book.quote();
+                    assert_eq!((b.bid_px, b.bid_qty, b.ask_px, b.ask_qty), (q.bid_px, q.bid_qty, q.ask_px, q.ask_qty));
                 }
-                Body::Trade(_) => {
-                    assert!(last_trade.is_none(), "two trades in a row");
-                    last_trade = Some(r.header.sym);
+                Body::Trade(t) => {
+                    let touch = if t.side == Side::Buy { book.best(Side::Sell) } else { book.best(Side::Buy) };
+                    assert_eq!(touch.map(|l| l.0), Some(t.px), "trades print at the touch");
                 }
-                _ => unreachable!(),
+                Body::Status(_) => {}
+                other => panic!("unexpected body {other:?}"),
             }
+            assert!(!book.is_crossed());
         }
+        assert!(kinds.len() == 4, "{kinds:?}");
     }
 }

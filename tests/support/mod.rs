@@ -36,6 +36,7 @@ impl Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
             .args(["demo", "--json", "--port-base", "0", "--state-dir"])
             .arg(state_dir.path())
+            .args(if extra.contains(&"--feed") { &[][..] } else { &["--feed", "synthetic"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -152,4 +153,42 @@ pub async fn request(ws: &mut Ws, req: Value) -> Value {
 /// Sends raw text.
 pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.to_owned().into())).await.expect("send");
+}
+
+/// Connects over a socket with a small receive buffer (so a client that stops reading
+/// backs up into the server quickly) and returns the socket and the `hello`.
+pub async fn connect_small_rcvbuf(ws_url: &str, token: &str, query: &str) -> (Ws, Value) {
+    let url = format!("{ws_url}?token={token}{query}");
+    let addr: std::net::SocketAddr = ws_url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(sock.into()).unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await.expect("handshake");
+    let hello = next_json(&mut ws, Duration::from_secs(5)).await.expect("hello");
+    (ws, hello)
+}
+
+/// The next message of any kind (text as JSON, binary as raw bytes, close as its code).
+pub enum Msg {
+    Json(Value),
+    Binary(Vec<u8>),
+    Close(Option<u16>),
+}
+
+/// The next message, or None on timeout or end of stream.
+pub async fn next_msg(ws: &mut Ws, limit: Duration) -> Option<Msg> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match msg {
+            Ok(Message::Text(t)) => return Some(Msg::Json(serde_json::from_str(t.as_str()).expect("invalid JSON"))),
+            Ok(Message::Binary(b)) => return Some(Msg::Binary(b.to_vec())),
+            Ok(Message::Close(c)) => return Some(Msg::Close(c.map(|c| u16::from(c.code)))),
+            Ok(_) => continue,
+            Err(_) => return Some(Msg::Close(None)),
+        }
+    }
 }
