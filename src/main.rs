@@ -118,6 +118,15 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Decode rates next to third-party decoders (itchcpp, the dbn crate) and journal appends.
+    Ingest {
+        /// The shared data folder holding the captures.
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Minimum seconds per case.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
     /// Ingest-to-client latency through real region processes on this machine.
     E2e {
         /// Regions to run, comma-separated.
@@ -222,6 +231,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
+        Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
+            tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
+        }
         Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration } } => {
             tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
                 regions,

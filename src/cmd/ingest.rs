@@ -146,6 +146,13 @@ pub fn run(opts: IngestOptions) -> anyhow::Result<()> {
             }
             venue_counts = summary.counts;
         }
+        "lobster" => {
+            let recs = decode_lobster(&opts.file, opts.source.as_deref())?;
+            for r in &recs {
+                p.record(r)?;
+            }
+            venue_counts = Vec::new();
+        }
         other => {
             let mut dec = make_decoder(other, &opts, source)?;
             feed_file(&opts.file, dec.as_mut(), |r| p.record(r))?;
@@ -195,12 +202,32 @@ pub fn decode_all(format: &str, path: &Path, source: Option<&str>, date: Option<
             tickmesh_ingest::replay::decode_capture(path, id, |r| out.push(*r))
                 .with_context(|| format!("decoding {}", path.display()))?;
         }
+        "lobster" => out = decode_lobster(path, source)?,
         other => {
             let mut dec = make_decoder(other, &opts, src)?;
             feed_file(path, dec.as_mut(), |r| {
                 out.push(*r);
                 Ok(())
             })?;
+        }
+    }
+    Ok(out)
+}
+
+/// LOBSTER: the message file, reconciled with its orderbook file when it lies beside it
+/// (the level-1 message file alone cannot say what rests below the best price).
+fn decode_lobster(path: &Path, source: Option<&str>) -> anyhow::Result<Vec<Record>> {
+    let book = tickmesh_ingest::lobster::orderbook_path_for(path).filter(|p| p.exists());
+    if book.is_none() {
+        eprintln!("{}: no orderbook file beside it; quotes are derived from messages alone", path.display());
+    }
+    let mut out = Vec::new();
+    tickmesh_ingest::lobster::decode_files(path, book.as_deref(), &mut out)
+        .with_context(|| format!("decoding {}", path.display()))?;
+    if let Some(s) = source {
+        let id = SourceId::new(s)?;
+        for r in &mut out {
+            r.header.src = id;
         }
     }
     Ok(out)
@@ -224,6 +251,13 @@ fn make_decoder(
         "moldudp64-pcap" => {
             let itch = NormalizerConfig { source: source("XNAS.ITCH")?, date, ..Default::default() };
             Box::new(tickmesh_ingest::pcap::PcapDecoder::new(tickmesh_ingest::pcap::PcapConfig { itch, port: None }))
+        }
+        "dbn" => {
+            let mut d = tickmesh_ingest::dbn_feed::DbnDecoder::new();
+            if let Some(s) = &opts.source {
+                d = d.with_source(SourceId::new(s)?);
+            }
+            Box::new(d)
         }
         other => bail!("--format {other} is not one of {FORMATS}"),
     })
