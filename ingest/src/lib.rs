@@ -1,6 +1,17 @@
 //! tickmesh-ingest: turns venue feeds into sequenced codec records.
 //!
 //! # Layout
+//! * [`decoder`]: [`Decoder`], the shape of every venue decoder (bytes in, records out).
+//! * [`itch`]: NASDAQ TotalView-ITCH 5.0: zero-copy message views, the length-prefixed
+//!   file parser, the normalizer with per-locate order books and US/Eastern dates.
+//! * [`moldudp64`]: MoldUDP64 sessions with gap and duplicate detection, a UDP source.
+//! * [`pcap`]: classic pcap captures of MoldUDP64/ITCH.
+//! * [`dbn_feed`]: Databento DBN (plain and zstd, versions 1-3) through the `dbn` crate.
+//! * [`lobster`]: LOBSTER message files, reconciled with their orderbook files.
+//! * [`coinbase`], [`binance`]: WebSocket JSON adapters with snapshot/diff
+//!   synchronisation, gap detection and resync; live drivers around them.
+//! * [`replay`]: a local WebSocket/REST server that plays real captures to the adapters.
+//! * [`book`]: [`book::OrderBook`] built into the codec's `LevelBook`, [`book::QuoteTracker`].
 //! * [`synthetic`]: the deterministic synthetic feed (seed, symbols, rate).
 //! * [`sequencer`]: [`Sequencer`], the one place a record's `seq` is assigned.
 //! * [`pacer`]: [`Pacer`], records due at `now` for a target rate (no clock inside).
