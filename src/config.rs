@@ -49,12 +49,29 @@ pub struct CaptureFeed {
     pub format: String,
     /// The capture file.
     pub path: PathBuf,
-    /// Records per second. Default 1,000.
+    /// Records per second, when `pace` is `rate`. Default 1,000.
     #[serde(default = "default_capture_rate")]
     pub rate: u32,
+    /// `rate` (default: `rate` records per second), `recorded` (the capture's own event
+    /// times) or `fast` (as fast as the node takes them).
+    #[serde(default)]
+    pub pace: Pace,
     /// Trading date (YYYY-MM-DD) for formats whose times count from midnight.
     #[serde(default)]
     pub date: Option<String>,
+}
+
+/// How a capture is replayed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pace {
+    /// `rate` records per second.
+    #[default]
+    Rate,
+    /// At the capture's recorded pace (gaps between event times are kept).
+    Recorded,
+    /// As fast as possible.
+    Fast,
 }
 
 fn default_capture_rate() -> u32 {

@@ -37,6 +37,8 @@ pub struct DemoOptions {
     /// Feed selection: `default` (a real capture per region when present), `synthetic`, or
     /// `FORMAT:FILE` (region one replays it).
     pub feed: String,
+    /// How captures are replayed.
+    pub pace: crate::config::Pace,
     /// Gateway slow-consumer bound in bytes (None: the gateway default, 4 MiB).
     pub slow_bytes: Option<usize>,
 }
@@ -102,6 +104,7 @@ fn feed_for(i: usize, region: &str, opts: &DemoOptions) -> anyhow::Result<FeedCo
             format: format.to_owned(),
             path,
             rate: opts.rate,
+            pace: opts.pace,
             // A capture whose name carries no trading date (the ITCH sample) is replayed
             // as today's session.
             date: (format == "itch" && !dated).then(today_eastern),

@@ -50,6 +50,10 @@ enum Cmd {
         /// WAN emulation between regions: `off` (plain loopback).
         #[arg(long, default_value = "off")]
         wan: String,
+        /// Capture replay pace: `rate` (--rate records per second), `recorded` (the
+        /// capture's own timing) or `fast` (as fast as possible).
+        #[arg(long, default_value = "rate", value_parser = ["rate", "recorded", "fast"])]
+        pace: String,
         /// Unsent output (bytes) above which a client is slow (gateway.slow_bytes; default 4 MiB).
         #[arg(long)]
         slow_bytes: Option<usize>,
@@ -216,12 +220,17 @@ fn main() -> anyhow::Result<()> {
             init_tracing(Some(&cfg.region));
             run_node(cfg)
         }
-        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, slow_bytes } => {
+        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes } => {
+            let pace = match pace.as_str() {
+                "recorded" => tickmesh::config::Pace::Recorded,
+                "fast" => tickmesh::config::Pace::Fast,
+                _ => tickmesh::config::Pace::Rate,
+            };
             if wan != "off" {
                 anyhow::bail!("--wan {wan} is not available yet; use --wan off");
             }
             init_tracing(None);
-            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, slow_bytes })
+            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, pace, slow_bytes })
         }
         Cmd::Ingest { file, format, emit, book, stats, source, date } => {
             if emit != "jsonl" {

@@ -142,7 +142,8 @@ impl Node {
                 for r in &recs {
                     shared.learn_symbol(r.header.sym.as_str(), src);
                 }
-                captures.push((src, c.rate, recs));
+                let rate = if c.pace == crate::config::Pace::Fast { 5_000_000 } else { c.rate };
+                captures.push((src, rate, c.pace == crate::config::Pace::Recorded, recs));
             }
         }
 
@@ -199,7 +200,7 @@ impl Node {
                 FeedConfig::Capture(_) => {}
             }
         }
-        for (src, rate, recs) in captures {
+        for (src, rate, recorded, recs) in captures {
             let last = journal.last_seq(&src).unwrap_or(0);
             let seq = Sequencer::new(src, Seq(last));
             let tx = hub_tx.clone();
@@ -207,7 +208,7 @@ impl Node {
             ingest.push(
                 std::thread::Builder::new()
                     .name(format!("ingest-{src}"))
-                    .spawn(move || run_capture(recs, seq, rate, tx, stop))
+                    .spawn(move || run_capture(recs, seq, rate, recorded, tx, stop))
                     .context("starting an ingest thread")?,
             );
         }
@@ -341,12 +342,14 @@ fn run_synthetic(mut feed: SyntheticFeed, mut seq: Sequencer, rate: u32, tx: Sen
     }
 }
 
-/// Replays decoded capture records in a loop at `rate` records per second. At the end of
-/// each pass every level the pass left standing is set to 0, so books start clean again.
+/// Replays decoded capture records in a loop, at `rate` records per second or, with
+/// `recorded`, at the capture's own pace. At the end of each pass every level the pass left
+/// standing is set to 0, so books start clean again.
 fn run_capture(
     recs: Vec<tickmesh_codec::Record>,
     mut seq: Sequencer,
     rate: u32,
+    recorded: bool,
     tx: Sender<HubMsg>,
     stop: Arc<AtomicBool>,
 ) {
@@ -355,14 +358,39 @@ fn run_capture(
     let mut pacer = Pacer::new(rate, tickmesh_codec::now_ns());
     let mut standing: BTreeMap<(tickmesh_codec::Symbol, u32, u8, i64), tickmesh_codec::Record> = BTreeMap::new();
     let mut i = 0usize;
+    // Recorded pace: record i is due at pass_start + (ts_event[i] - ts_event[0]).
+    let mut pass_start = tickmesh_codec::now_ns();
+    let first_ts = recs.first().map(|r| r.header.ts_event).unwrap_or(0);
     let send = |rec: &mut tickmesh_codec::Record, seq: &mut Sequencer| -> bool {
         seq.stamp(rec, tickmesh_codec::now_ns());
         tx.send(HubMsg::Local(rec.to_bytes())).is_ok()
     };
     while !stop.load(Ordering::Relaxed) {
         let now = tickmesh_codec::now_ns();
-        for _ in 0..pacer.due(now) {
+        let due = if recorded {
+            let mut n = 0u64;
+            while n < 10_000 && i + (n as usize) < recs.len() {
+                let at = pass_start + recs[i + n as usize].header.ts_event.saturating_sub(first_ts);
+                if at > now {
+                    break;
+                }
+                n += 1;
+            }
             if i == recs.len() {
+                n = 1;
+            }
+            if n == 0 {
+                let next = pass_start + recs[i].header.ts_event.saturating_sub(first_ts);
+                std::thread::sleep(Duration::from_nanos(next.saturating_sub(now).min(200_000_000)));
+                continue;
+            }
+            n
+        } else {
+            pacer.due(now)
+        };
+        for _ in 0..due {
+            if i == recs.len() {
+                pass_start = tickmesh_codec::now_ns();
                 for (_, mut r) in std::mem::take(&mut standing) {
                     if let Body::Level(l) = r.body {
                         r.body = Body::Level(Level { qty: Qty::ZERO, count: 0, ..l });
@@ -388,8 +416,10 @@ fn run_capture(
                 return;
             }
         }
-        let wait = pacer.wait_ns(tickmesh_codec::now_ns()).clamp(50_000, 10_000_000);
-        std::thread::sleep(Duration::from_nanos(wait));
+        if !recorded {
+            let wait = pacer.wait_ns(tickmesh_codec::now_ns()).clamp(50_000, 10_000_000);
+            std::thread::sleep(Duration::from_nanos(wait));
+        }
     }
 }
 

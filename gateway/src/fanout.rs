@@ -36,6 +36,9 @@ pub struct Encoded {
     pub ts_ingest: u64,
     /// The level, for `Level` records (the `book` channel keeps per-core books).
     pub level: Option<tickmesh_codec::Level>,
+    /// True for a `Status` record that marks a gap in the venue's own feed (reason `GAP`):
+    /// clients of the symbol get a `gap` naming it, whatever channel they take.
+    pub venue_gap: bool,
     /// Complete text frame holding the JSON message.
     pub json_frame: Bytes,
     /// Length of the frame header at the front of `json_frame` (the rest is the JSON).
@@ -79,6 +82,7 @@ impl Encoded {
                 }),
                 _ => None,
             },
+            venue_gap: matches!(rec.body(), tickmesh_codec::BodyRef::Status(st) if st.reason.starts_with(b"GAP\0")),
             json_frame: Bytes::from(jf),
             json_header_len,
             binary_frame: Bytes::from(bf),

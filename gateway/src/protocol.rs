@@ -363,6 +363,11 @@ impl Subscriptions {
         c.add(channels, symbols);
         c.len()
     }
+    /// True if `sym` is subscribed on any channel.
+    pub fn matches_any(&self, sym: &str) -> bool {
+        self.by_channel.values().any(|s| s.matches(sym))
+    }
+
     /// True if a record of `channel` and `sym` is subscribed.
     pub fn matches(&self, channel: &str, sym: &str) -> bool {
         self.by_channel.get(channel).is_some_and(|s| s.matches(sym))
@@ -422,6 +427,13 @@ pub fn heartbeat<'a>(ts: u64, positions: impl Iterator<Item = (&'a str, u64)>) -
     }
     out.extend_from_slice(b"}}");
     out
+}
+
+/// `{"type":"gap",...,"reason":"venue_gap","sym":…}`: the venue's own feed skipped for
+/// `sym`; `from` = `to` = the `seq` of the status record that marks it.
+pub fn venue_gap(src: &str, sym: &str, seq: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"type":"gap","src":src,"from":seq,"to":seq,"reason":"venue_gap","sym":sym}))
+        .unwrap_or_default()
 }
 
 /// `{"type":"gap",...}`.

@@ -169,6 +169,13 @@ impl SessionState {
         slow_bytes: usize,
         now: Instant,
     ) -> bool {
+        if enc.venue_gap && !self.closing && self.subs.matches_any(enc.sym.as_str()) {
+            // The venue lost data for this symbol (its own sequence skipped): whatever the
+            // client subscribed to, it learns that the state it holds may be stale until the
+            // source resynchronises. `from`/`to` name the status record that marks it.
+            let g = protocol::venue_gap(enc.src.as_str(), enc.sym.as_str(), enc.seq);
+            self.push_control(&g);
+        }
         let Some(channel) = enc.kind.channel() else { return false };
         if self.closing || !self.subs.matches(channel, enc.sym.as_str()) || self.replaying.contains(&enc.src) {
             return false;
@@ -805,5 +812,71 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
         }
         handle.wake.notify_one();
         tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Grant;
+    use tickmesh_codec::{access_untrusted, Body, InstrumentId, Meta, Seq, Status, TradingState};
+
+    fn state() -> SessionState {
+        let claims = Claims {
+            sub: "t".into(),
+            exp: u64::MAX,
+            home: None,
+            channels: Grant::All,
+            symbols: Grant::All,
+            roles: vec![],
+        };
+        let params = ConnectParams { encoding: Encoding::Json, batch: false, claims };
+        SessionHandle::new(1, params, &GatewayConfig::default(), Instant::now()).state.into_inner()
+    }
+
+    fn status(seq: u64, reason: &[u8]) -> Arc<Encoded> {
+        let mut r = [0u8; 8];
+        r[..reason.len()].copy_from_slice(reason);
+        let rec = tickmesh_codec::Record::new(
+            Meta {
+                src: SourceId::new("COINBASE").unwrap(),
+                seq: Seq(seq),
+                instrument: InstrumentId(1),
+                sym: Symbol::new("BTC-USD").unwrap(),
+                ts_event: 1,
+                ts_ingest: 2,
+            },
+            Body::Status(Status { state: TradingState::Unknown, reason: r }),
+        );
+        let b = rec.to_bytes();
+        Arc::new(Encoded::new(&access_untrusted(&b).unwrap(), &mut Vec::new()))
+    }
+
+    fn texts(st: &mut SessionState) -> Vec<String> {
+        let mut batch = Vec::new();
+        st.take_batch(&mut batch, 100);
+        batch.iter().map(|f| String::from_utf8_lossy(&frame_payload(f)).into_owned()).collect()
+    }
+
+    #[test]
+    fn a_venue_gap_reaches_every_subscriber_of_the_symbol() {
+        let mut st = state();
+        st.subs.add(&["trades"], &["BTC-*".into()]);
+        st.offer(&status(7, b"GAP"), None, 1 << 20, Instant::now());
+        let out = texts(&mut st);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"gap","src":"COINBASE","from":7,"to":7,"reason":"venue_gap","sym":"BTC-USD"})
+        );
+        // A status that is not a gap reaches only `status` subscribers, and no gap is sent.
+        st.offer(&status(8, b"RESYNC"), None, 1 << 20, Instant::now());
+        assert!(texts(&mut st).is_empty());
+        st.subs.add(&["status"], &["*".into()]);
+        st.offer(&status(9, b"RESYNC"), None, 1 << 20, Instant::now());
+        let out = texts(&mut st);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].contains("\"type\":\"status\""), "{out:?}");
     }
 }
