@@ -390,7 +390,30 @@ async fn pull_once(
     }
 }
 
+/// The region a peer's certificate names (its first DNS subject alternative name). The
+/// TLS layer already checked that the certificate chains to our CA.
+fn certificate_region(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+        _ => None,
+    })
+}
+
 async fn serve_connection(conn: quinn::Connection, p: Arc<MeshParams>, status: Arc<MeshStatus>) {
+    // Only a certificate from our CA that names a configured peer region is accepted.
+    let named = certificate_region(&conn);
+    let Some(cert_region) = named.filter(|r| p.cfg.peers.iter().any(|peer| &peer.region == r)) else {
+        tracing::warn!(
+            remote = %conn.remote_address(),
+            "mesh peer refused: its certificate names no configured region; issue it with `tickmesh certs issue REGION` and list the region in mesh.peers"
+        );
+        metrics::counter!("tickmesh_replicate_peers_refused_total", "reason" => "certificate").increment(1);
+        conn.close(quinn::VarInt::from_u32(1), b"certificate names no configured region");
+        return;
+    };
     loop {
         let (send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -399,6 +422,7 @@ async fn serve_connection(conn: quinn::Connection, p: Arc<MeshParams>, status: A
         let p = p.clone();
         let status = status.clone();
         let conn = conn.clone();
+        let cert_region = cert_region.clone();
         tokio::spawn(async move {
             let mut len = [0u8; 4];
             if recv.read_exact(&mut len).await.is_err() {
@@ -420,6 +444,12 @@ async fn serve_connection(conn: quinn::Connection, p: Arc<MeshParams>, status: A
                     return;
                 }
             };
+            if req.region != cert_region {
+                tracing::warn!(peer = %cert_region, claimed = %req.region, "mesh peer refused: it claims another region than its certificate names");
+                metrics::counter!("tickmesh_replicate_peers_refused_total", "reason" => "region").increment(1);
+                conn.close(quinn::VarInt::from_u32(2), b"region does not match certificate");
+                return;
+            }
             let counters = status.peer(&req.region);
             counters.sending.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %req.region, "serving home sources to peer");
