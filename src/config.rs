@@ -114,6 +114,27 @@ pub struct NodeConfig {
     /// Every region's public URLs, this one included.
     #[serde(default)]
     pub regions: Vec<RegionEntry>,
+    /// When `/readyz` says this region should take traffic.
+    #[serde(default)]
+    pub ready: ReadyConfig,
+}
+
+/// `/readyz` thresholds (`[ready]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadyConfig {
+    /// A home feed without a record for longer than this makes the region not ready.
+    /// Default 5,000 ms; 0 turns the check off (for feeds that are quiet by nature).
+    pub max_feed_staleness_ms: u64,
+    /// Fewer peers than this delivering to us makes the region not ready. Default 0: a
+    /// region that lost its peers still serves its own and the journal's data.
+    pub min_peers_reachable: usize,
+}
+
+impl Default for ReadyConfig {
+    fn default() -> Self {
+        ReadyConfig { max_feed_staleness_ms: 5_000, min_peers_reachable: 0 }
+    }
 }
 
 impl NodeConfig {
@@ -170,6 +191,15 @@ impl NodeConfig {
             }
             if !sources.insert(f.source().to_owned()) {
                 p.push(format!("feeds[{i}].source {} is used twice; give every feed its own source id", f.source()));
+            }
+        }
+        if let Some(m) = &self.mesh {
+            if self.ready.min_peers_reachable > m.peers.len() {
+                p.push(format!(
+                    "ready.min_peers_reachable = {} but mesh.peers lists {}; lower it or add peers",
+                    self.ready.min_peers_reachable,
+                    m.peers.len()
+                ));
             }
         }
         if !self.regions.is_empty() && !self.regions.iter().any(|e| e.region == self.region) {

@@ -233,6 +233,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             auth: AuthConfig { hs256_key_files: vec![key_file.clone()], eddsa_public_key_files: vec![] },
             feeds: vec![feed_for(i, &r.name, &opts)?],
             regions: entries.clone(),
+            ready: Default::default(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }

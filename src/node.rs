@@ -65,6 +65,9 @@ struct NodeView {
     cfg: NodeConfig,
     mesh: std::sync::OnceLock<Arc<MeshStatus>>,
     shared: Arc<GatewayShared>,
+    /// When each home source last had a record journaled (ns), for feed staleness.
+    home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+    started_ns: u64,
 }
 
 impl Node {
@@ -103,7 +106,14 @@ impl Node {
         }
         shared.set_journal(journal.clone());
 
-        let view = Arc::new(NodeView { cfg: cfg.clone(), mesh: std::sync::OnceLock::new(), shared: shared.clone() });
+        let home_last = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let view = Arc::new(NodeView {
+            cfg: cfg.clone(),
+            mesh: std::sync::OnceLock::new(),
+            shared: shared.clone(),
+            home_last: home_last.clone(),
+            started_ns: tickmesh_codec::now_ns(),
+        });
         let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
             .context("starting the gateway")?;
 
@@ -174,7 +184,7 @@ impl Node {
             let journal = journal.clone();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx))
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last))
                 .context("starting the hub thread")?
         };
 
@@ -279,7 +289,13 @@ fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>) -> Vec<RegionLink>
         .collect()
 }
 
-fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, mut fanout: Fanout, appended: tokio::sync::watch::Sender<u64>) {
+fn run_hub(
+    rx: Receiver<HubMsg>,
+    journal: Arc<Journal>,
+    mut fanout: Fanout,
+    appended: tokio::sync::watch::Sender<u64>,
+    home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+) {
     let mut appended_n = 0u64;
     let publish = |fanout: &mut Fanout, bytes: &[u8]| {
         // SAFETY: local records were encoded by `Record::encode` in this process, and
@@ -287,14 +303,21 @@ fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, mut fanout: Fanout, appe
         let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
         fanout.publish(&rec);
     };
+    let mut fresh: Vec<SourceId> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut n = 0u64;
+        fresh.clear();
         for msg in std::iter::once(first).chain(rx.try_iter().take(4096)) {
             match msg {
                 HubMsg::Local(bytes) => match journal.append(&bytes) {
                     Ok(_) => {
                         publish(&mut fanout, &bytes);
                         n += 1;
+                        // SAFETY: encoded by `Record::encode` in this process.
+                        let src = unsafe { tickmesh_codec::access_trusted(&bytes) }.source_id();
+                        if !fresh.contains(&src) {
+                            fresh.push(src);
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "journal append of a home record failed; record not published")
@@ -316,6 +339,13 @@ fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, mut fanout: Fanout, appe
                         }
                     }
                 }
+            }
+        }
+        if !fresh.is_empty() {
+            let now = tickmesh_codec::now_ns();
+            let mut m = home_last.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &fresh {
+                m.insert(*s, now);
             }
         }
         if n > 0 {
@@ -471,12 +501,43 @@ fn node_routes(view: Arc<NodeView>) -> Router {
     Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view)
 }
 
-async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
-    let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
+/// Why this region should not take traffic now (empty: ready).
+fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::PeerState]) -> Vec<String> {
     let mut reasons = Vec::new();
     if v.shared.is_draining() {
         reasons.push(format!("region {} is draining", v.cfg.region));
     }
+    let limit = v.cfg.ready.max_feed_staleness_ms;
+    if limit > 0 {
+        let last = v.home_last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for f in &v.cfg.feeds {
+            let Ok(src) = SourceId::new(f.source()) else { continue };
+            let since = last.get(&src).copied().unwrap_or(v.started_ns);
+            let age_ms = now_ns.saturating_sub(since) / 1_000_000;
+            if age_ms > limit {
+                reasons.push(format!(
+                    "feed {src} has had no record for {age_ms} ms (ready.max_feed_staleness_ms = {limit})"
+                ));
+            }
+        }
+    }
+    let reachable = peers.iter().filter(|p| p.receiving).count();
+    if reachable < v.cfg.ready.min_peers_reachable {
+        reasons.push(format!(
+            "{reachable} peer(s) reachable, fewer than ready.min_peers_reachable = {}",
+            v.cfg.ready.min_peers_reachable
+        ));
+    }
+    let probe = v.cfg.state_dir.join("journal").join(".ready-probe");
+    if let Err(e) = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+        reasons.push(format!("journal directory is not writable ({e}); check the disk and its free space"));
+    }
+    reasons
+}
+
+async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
+    let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
+    let reasons = not_ready_reasons(&v, tickmesh_codec::now_ns(), &peers);
     let peer_map: serde_json::Map<String, serde_json::Value> = peers
         .iter()
         .map(|p| (p.region.clone(), json!({"receiving": p.receiving, "sending": p.sending, "rtt_ms": p.rtt_ms})))
@@ -514,4 +575,53 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
         })
         .collect();
     Json(out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickmesh_gateway::auth::Verifier;
+
+    fn view(dir: &std::path::Path) -> NodeView {
+        let cfg: NodeConfig = toml::from_str(&format!(
+            "region = \"us-east-1\"\nstate_dir = {:?}\n[ready]\nmax_feed_staleness_ms = 1000\nmin_peers_reachable = 1\n[[feeds]]\nkind = \"synthetic\"\nsource = \"SYN.USE1\"\n",
+            dir
+        ))
+        .unwrap();
+        std::fs::create_dir_all(dir.join("journal")).unwrap();
+        NodeView {
+            shared: Arc::new(GatewayShared::new("us-east-1", Verifier::new(), Box::new(String::new))),
+            cfg,
+            mesh: std::sync::OnceLock::new(),
+            home_last: Default::default(),
+            started_ns: 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn readiness_names_every_threshold_crossed() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = view(dir.path());
+        let src = SourceId::new("SYN.USE1").unwrap();
+        let peer = |receiving| tickmesh_replicate::PeerState {
+            region: "eu-west-1".into(),
+            receiving,
+            sending: true,
+            rtt_ms: 1.0,
+            records_in: 0,
+            records_out: 0,
+        };
+        v.home_last.lock().unwrap().insert(src, 2_000_000_000);
+        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)]).is_empty());
+        let r = not_ready_reasons(&v, 3_500_000_000, &[peer(false)]);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].starts_with("feed SYN.USE1 has had no record for 1500 ms"), "{r:?}");
+        assert!(r[1].starts_with("0 peer(s) reachable"), "{r:?}");
+        v.shared.set_draining(true);
+        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)])[0].contains("draining"));
+        v.shared.set_draining(false);
+        std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
+        let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)]);
+        assert!(r[0].starts_with("journal directory is not writable"), "{r:?}");
+    }
 }
