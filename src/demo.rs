@@ -37,6 +37,9 @@ pub struct DemoOptions {
     /// Feed selection: `default` (a real capture per region when present), `synthetic`, or
     /// `FORMAT:FILE` (region one replays it).
     pub feed: String,
+    /// `real`: the measured round-trip times of REGIONS.md on every mesh link (user-space
+    /// relays); `off`: plain loopback.
+    pub wan: String,
     /// How captures are replayed.
     pub pace: crate::config::Pace,
     /// Gateway slow-consumer bound in bytes (None: the gateway default, 4 MiB).
@@ -206,6 +209,30 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             http_url: format!("http://{}", r.ws),
         })
         .collect();
+    // With `--wan real`, every (dialer, peer) pair talks through a relay that holds each
+    // datagram for half the pair's measured round-trip time.
+    let wan_rt = if opts.wan == "real" {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("wan-relay")
+                .enable_all()
+                .build()?,
+        )
+    } else {
+        None
+    };
+    let mut relays = std::collections::BTreeMap::new();
+    if let Some(rt) = &wan_rt {
+        for a in &regions {
+            for b in regions.iter().filter(|b| b.name != a.name) {
+                let rtt = crate::regions::rtt_ms(&a.name, &b.name).unwrap_or(100);
+                let model = tickmesh_replicate::wan::LinkModel::from_rtt_ms(rtt);
+                let relay = rt.block_on(tickmesh_replicate::wan::Relay::start(b.mesh, model, rtt.into()))?;
+                relays.insert((a.name.clone(), b.name.clone()), relay);
+            }
+        }
+    }
     for (i, r) in regions.iter().enumerate() {
         let cfg = NodeConfig {
             region: r.name.clone(),
@@ -221,7 +248,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 peers: regions
                     .iter()
                     .filter(|p| p.name != r.name)
-                    .map(|p| PeerConfig { region: p.name.clone(), addr: p.mesh.to_string() })
+                    .map(|p| PeerConfig {
+                        region: p.name.clone(),
+                        addr: relays
+                            .get(&(r.name.clone(), p.name.clone()))
+                            .map(|relay| relay.addr())
+                            .unwrap_or(p.mesh)
+                            .to_string(),
+                    })
                     .collect(),
                 tls: TlsFiles {
                     ca_cert: pki.join("ca.pem"),
@@ -244,6 +278,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("finding the tickmesh binary")?;
     let result = start_and_wait(&exe, &mut regions, &opts, &secret_hex, &key_file, &stop);
+    drop(relays);
+    drop(wan_rt);
     // Stop every region that is still running, whatever happened.
     for r in &mut regions {
         if let Some(c) = r.child.as_mut() {

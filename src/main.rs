@@ -47,7 +47,8 @@ enum Cmd {
         /// Records per second per region (synthetic feeds and capture replays).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
-        /// WAN emulation between regions: `off` (plain loopback).
+        /// WAN emulation between regions: `real` (REGIONS.md round-trip times on every
+        /// mesh link, emulated in user space) or `off` (plain loopback).
         #[arg(long, default_value = "off")]
         wan: String,
         /// Capture replay pace: `rate` (--rate records per second), `recorded` (the
@@ -142,6 +143,9 @@ enum BenchCmd {
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
+        #[arg(long, default_value = "off")]
+        wan: String,
     },
 }
 
@@ -226,11 +230,11 @@ fn main() -> anyhow::Result<()> {
                 "fast" => tickmesh::config::Pace::Fast,
                 _ => tickmesh::config::Pace::Rate,
             };
-            if wan != "off" {
-                anyhow::bail!("--wan {wan} is not available yet; use --wan off");
+            if wan != "off" && wan != "real" {
+                anyhow::bail!("--wan {wan} is not known; use --wan real (REGIONS.md round-trip times) or --wan off");
             }
             init_tracing(None);
-            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, pace, slow_bytes })
+            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, wan, pace, slow_bytes })
         }
         Cmd::Ingest { file, format, emit, book, stats, source, date } => {
             if emit != "jsonl" {
@@ -243,11 +247,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }
-        Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration } } => {
+        Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {
             tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
                 regions,
                 rate,
                 duration: std::time::Duration::from_secs(duration),
+                wan,
             })
         }
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {

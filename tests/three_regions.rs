@@ -136,3 +136,24 @@ async fn killing_a_region_leaves_the_others_streaming() {
     assert_eq!(dead["state"], "down", "{body}");
     assert_eq!(dead["healthy"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wan_real_puts_the_measured_delay_on_the_mesh() {
+    let demo = Demo::start(&["--regions", "us-east-1,eu-west-1", "--rate", "200", "--wan", "real"]);
+    let (mut ws, _) = connect(&demo.regions[0].ws_url, &demo.user_token, "").await;
+    subscribe_all(&mut ws).await;
+    let mut remote = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let Some(v) = next_json(&mut ws, Duration::from_secs(2)).await else { break };
+        if v["src"] == "SYN.EUW1" {
+            let now = tickmesh_codec::now_ns();
+            remote.push(now.saturating_sub(v["ts_ingest"].as_u64().unwrap()));
+        }
+    }
+    assert!(remote.len() > 50, "eu-west-1's records reach us-east-1 through the emulated WAN");
+    let min_ms = *remote.iter().min().unwrap() / 1_000_000;
+    // us-east-1 to eu-west-1 is 70 ms round trip (REGIONS.md): no record can arrive sooner
+    // than the 35 ms one way.
+    assert!(min_ms >= 35, "a remote record arrived after {min_ms} ms, faster than the emulated link");
+}

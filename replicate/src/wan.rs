@@ -1,0 +1,180 @@
+//! WAN emulation in user space: UDP relays that hold each datagram for the one-way delay of
+//! the link (with jitter), drop a share of them, or drop everything while the link is cut.
+//!
+//! Kernel `netem` is not available on the machines this runs on, so `tickmesh demo --wan
+//! real` puts one relay in front of every (dialer, peer) pair: the dialer sends to the
+//! relay, the relay forwards to the peer from an upstream socket of its own, and answers
+//! come back the same way, each direction delayed. QUIC (and the mesh's certificate
+//! checks) do not care about the relay's addresses.
+//!
+//! [`LinkModel`] decides delay and loss without I/O (time and randomness passed in);
+//! [`Relay`] is the thin tokio driver around it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// One direction of a link: delay, jitter and loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkModel {
+    /// One-way delay (half the round-trip time).
+    pub one_way: Duration,
+    /// Uniform jitter added to the delay, 0 to this much.
+    pub jitter: Duration,
+    /// Share of datagrams dropped, 0.0 to 1.0.
+    pub loss: f64,
+}
+
+impl LinkModel {
+    /// The link of a measured round-trip time, without jitter or loss.
+    pub fn from_rtt_ms(rtt_ms: u32) -> Self {
+        LinkModel { one_way: Duration::from_micros(u64::from(rtt_ms) * 500), jitter: Duration::ZERO, loss: 0.0 }
+    }
+
+    /// When a datagram that arrived at `now` leaves, or None if it is lost. `r1` and `r2`
+    /// are uniform random numbers in [0, 1) (the caller owns the generator, so runs replay).
+    /// Delivery never overtakes an earlier datagram of the same direction (`last`), as on a
+    /// real path without reordering.
+    pub fn schedule(&self, now: Instant, last: Option<Instant>, r1: f64, r2: f64) -> Option<Instant> {
+        if r1 < self.loss {
+            return None;
+        }
+        let at = now + self.one_way + self.jitter.mul_f64(r2);
+        Some(match last {
+            Some(l) if l > at => l,
+            _ => at,
+        })
+    }
+}
+
+/// A running relay for one (dialer, peer) pair.
+#[derive(Debug)]
+pub struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// Starts a relay on 127.0.0.1 that forwards to `target` with `model` each way. Runs on
+    /// the current tokio runtime.
+    pub async fn start(target: SocketAddr, model: LinkModel, seed: u64) -> std::io::Result<Relay> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let cut = Arc::new(AtomicBool::new(false));
+        // The dialer's address, learned from its first datagram (one dialer per relay).
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        {
+            let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
+            tokio::spawn(async move {
+                pump(front, back, model, cut, seed, move |from| {
+                    *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                    Some(target)
+                })
+                .await
+            });
+        }
+        {
+            let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
+            tokio::spawn(async move {
+                pump(back, front, model, cut, seed ^ 0x9E37_79B9, move |_| {
+                    *client.lock().unwrap_or_else(|e| e.into_inner())
+                })
+                .await
+            });
+        }
+        Ok(Relay { addr, cut })
+    }
+
+    /// Where the dialer should send.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts (true) or heals (false) the link, both directions.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+/// Receives on `rx`, holds each datagram per `model`, sends it on `tx` to `dest(from)`.
+async fn pump(
+    rx: Arc<UdpSocket>,
+    tx: Arc<UdpSocket>,
+    model: LinkModel,
+    cut: Arc<AtomicBool>,
+    seed: u64,
+    mut dest: impl FnMut(SocketAddr) -> Option<SocketAddr>,
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut queue: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let next = queue.front().map(|(at, _, _)| *at);
+        tokio::select! {
+            r = rx.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { return };
+                if cut.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(to) = dest(from) else { continue };
+                let last = queue.back().map(|(at, _, _)| *at);
+                if let Some(at) = model.schedule(Instant::now(), last, rng.random(), rng.random()) {
+                    queue.push_back((at, to, buf[..n].to_vec()));
+                }
+            }
+            () = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {
+                let now = Instant::now();
+                while queue.front().is_some_and(|(at, _, _)| *at <= now) {
+                    if let Some((_, to, d)) = queue.pop_front() {
+                        if !cut.load(Ordering::Relaxed) {
+                            let _ = tx.send_to(&d, to).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_loss_and_order() {
+        let m = LinkModel { one_way: Duration::from_millis(35), jitter: Duration::from_millis(10), loss: 0.25 };
+        let t0 = Instant::now();
+        assert_eq!(m.schedule(t0, None, 0.1, 0.0), None, "below the loss share: dropped");
+        assert_eq!(m.schedule(t0, None, 0.5, 0.0), Some(t0 + Duration::from_millis(35)));
+        assert_eq!(m.schedule(t0, None, 0.5, 0.5), Some(t0 + Duration::from_millis(40)));
+        let late = t0 + Duration::from_millis(60);
+        assert_eq!(m.schedule(t0, Some(late), 0.5, 0.0), Some(late), "never overtakes an earlier datagram");
+        assert_eq!(LinkModel::from_rtt_ms(70).one_way, Duration::from_millis(35));
+    }
+
+    #[tokio::test]
+    async fn a_relay_delays_both_ways_and_cuts() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay::start(server.local_addr().unwrap(), LinkModel::from_rtt_ms(100), 1).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t0 = std::time::Instant::now();
+        client.send_to(b"ping", relay.addr()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = server.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        server.send_to(b"pong", from).await.unwrap();
+        let (n, _) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        assert!(t0.elapsed() >= Duration::from_millis(100), "a round trip takes the link's RTT");
+        relay.set_cut(true);
+        client.send_to(b"lost", relay.addr()).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(300), server.recv_from(&mut buf)).await;
+        assert!(r.is_err(), "a cut link delivers nothing");
+    }
+}
