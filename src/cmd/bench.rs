@@ -42,6 +42,10 @@ pub fn e2e(opts: E2eOptions) -> anyhow::Result<()> {
             "--json",
             "--port-base",
             "0",
+            "--feed",
+            "synthetic",
+            "--wan",
+            &opts.wan,
             "--rate",
             &opts.rate.to_string(),
             "--regions",
@@ -106,7 +110,8 @@ async fn measure(ups: &[Up], token: &str, window: Duration) -> anyhow::Result<(H
     let mut tasks = Vec::new();
     for up in ups {
         let url = format!("{}?token={token}", up.ws_url);
-        let own = format!("SYN.{}", crate::regions::short_code(&up.region));
+        // Sources are named `<feed>.<region code>` (SYN.USE1): the suffix says whose it is.
+        let own = format!(".{}", crate::regions::short_code(&up.region));
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
             let mut remote = local.clone();
@@ -119,7 +124,7 @@ async fn measure(ups: &[Up], token: &str, window: Duration) -> anyhow::Result<(H
                 let Message::Text(t) = msg? else { continue };
                 let v: serde_json::Value = serde_json::from_str(t.as_str())?;
                 let (Some(src), Some(ts)) = (v["src"].as_str(), v["ts_ingest"].as_u64()) else { continue };
-                let h = if src == own { &mut local } else { &mut remote };
+                let h = if src.ends_with(&own) { &mut local } else { &mut remote };
                 h.saturating_record(now.saturating_sub(ts).max(1));
             }
             anyhow::Ok((local, remote))
