@@ -36,9 +36,10 @@ pub struct Order {
     pub qty: Qty,
 }
 
-/// Multiply-shift hashing of venue order ids (see the module docs).
+/// Multiply-shift hashing of venue-assigned integer ids (order ids, instrument ids): see
+/// the module docs.
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -51,6 +52,9 @@ impl Hasher for IdHasher {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -71,7 +71,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_char;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use dbn::decode::dbn::fsm::{DbnFsm, ProcessResult};
 use dbn::{rtype, v1, v2, v3, RecordRef, SType, Schema, VersionUpgradePolicy, UNDEF_PRICE};
@@ -142,26 +142,8 @@ struct Interval {
     sym: Symbol,
 }
 
-/// Instrument ids are small integers the venue assigns: a multiply-shift hash is enough, and
-/// SipHash's resistance to chosen keys would cost a lookup's worth per record.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+/// Instrument ids are small integers the venue assigns: the books' multiply-shift hasher.
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<crate::book::IdHasher>>;
 
 /// Counters behind [`Decoder::message_counts`], kept as plain integers on the hot path.
 #[derive(Debug, Clone)]
