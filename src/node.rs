@@ -36,8 +36,9 @@ use crate::metrics::Metrics;
 
 /// What producers hand the hub.
 enum HubMsg {
-    /// One record of a home source, already sequenced (codec bytes).
-    Local(Vec<u8>),
+    /// One record of a home source, not yet sequenced: the hub numbers it when it journals
+    /// it, so a record the journal refuses (a full disk) never consumes a `seq`.
+    Local(Box<tickmesh_codec::Record>),
     /// A batch of length-prefixed records from a peer, already validated.
     Remote(Bytes),
 }
@@ -195,15 +196,13 @@ impl Node {
                 FeedConfig::Synthetic(s) => {
                     let feed = SyntheticFeed::new(s)?;
                     let src = feed.source();
-                    let last = journal.last_seq(&src).unwrap_or(0);
-                    let seq = Sequencer::new(src, Seq(last));
                     let tx = hub_tx.clone();
                     let stop = stop.clone();
                     let rate = s.rate;
                     ingest.push(
                         std::thread::Builder::new()
                             .name(format!("ingest-{src}"))
-                            .spawn(move || run_synthetic(feed, seq, rate, tx, stop))
+                            .spawn(move || run_synthetic(feed, rate, tx, stop))
                             .context("starting an ingest thread")?,
                     );
                 }
@@ -211,14 +210,12 @@ impl Node {
             }
         }
         for (src, rate, recorded, recs) in captures {
-            let last = journal.last_seq(&src).unwrap_or(0);
-            let seq = Sequencer::new(src, Seq(last));
             let tx = hub_tx.clone();
             let stop = stop.clone();
             ingest.push(
                 std::thread::Builder::new()
                     .name(format!("ingest-{src}"))
-                    .spawn(move || run_capture(recs, seq, rate, recorded, tx, stop))
+                    .spawn(move || run_capture(recs, rate, recorded, tx, stop))
                     .context("starting an ingest thread")?,
             );
         }
@@ -304,25 +301,37 @@ fn run_hub(
         fanout.publish(&rec);
     };
     let mut fresh: Vec<SourceId> = Vec::new();
+    let mut seqs: std::collections::BTreeMap<SourceId, Sequencer> = std::collections::BTreeMap::new();
     while let Ok(first) = rx.recv() {
         let mut n = 0u64;
         fresh.clear();
         for msg in std::iter::once(first).chain(rx.try_iter().take(4096)) {
             match msg {
-                HubMsg::Local(bytes) => match journal.append(&bytes) {
-                    Ok(_) => {
-                        publish(&mut fanout, &bytes);
-                        n += 1;
-                        // SAFETY: encoded by `Record::encode` in this process.
-                        let src = unsafe { tickmesh_codec::access_trusted(&bytes) }.source_id();
-                        if !fresh.contains(&src) {
-                            fresh.push(src);
+                HubMsg::Local(mut rec) => {
+                    let src = rec.header.src;
+                    let seq = seqs
+                        .entry(src)
+                        .or_insert_with(|| Sequencer::new(src, Seq(journal.last_seq(&src).unwrap_or(0))));
+                    let before = seq.last();
+                    seq.stamp(&mut rec, tickmesh_codec::now_ns());
+                    let bytes = rec.to_bytes();
+                    match journal.append(&bytes) {
+                        Ok(_) => {
+                            publish(&mut fanout, &bytes);
+                            n += 1;
+                            if !fresh.contains(&src) {
+                                fresh.push(src);
+                            }
+                        }
+                        Err(e) => {
+                            // The number goes back: the source has no hole, and /readyz
+                            // reports the journal (and then the feed) until it recovers.
+                            *seq = Sequencer::new(src, before);
+                            metrics::counter!("tickmesh_node_home_records_refused_total").increment(1);
+                            tracing::error!(source = %src, error = %e, "journal refused a home record; it was not sequenced or published");
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "journal append of a home record failed; record not published")
-                    }
-                },
+                }
                 HubMsg::Remote(batch) => {
                     let mut rest: &[u8] = &batch;
                     while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
@@ -356,14 +365,13 @@ fn run_hub(
     }
 }
 
-fn run_synthetic(mut feed: SyntheticFeed, mut seq: Sequencer, rate: u32, tx: Sender<HubMsg>, stop: Arc<AtomicBool>) {
+fn run_synthetic(mut feed: SyntheticFeed, rate: u32, tx: Sender<HubMsg>, stop: Arc<AtomicBool>) {
     let mut pacer = Pacer::new(rate, tickmesh_codec::now_ns());
     while !stop.load(Ordering::Relaxed) {
         let now = tickmesh_codec::now_ns();
         for _ in 0..pacer.due(now) {
-            let mut rec = feed.next_record(now);
-            seq.stamp(&mut rec, tickmesh_codec::now_ns());
-            if tx.send(HubMsg::Local(rec.to_bytes())).is_err() {
+            let rec = feed.next_record(now);
+            if tx.send(HubMsg::Local(Box::new(rec))).is_err() {
                 return;
             }
         }
@@ -377,7 +385,6 @@ fn run_synthetic(mut feed: SyntheticFeed, mut seq: Sequencer, rate: u32, tx: Sen
 /// standing is set to 0, so books start clean again.
 fn run_capture(
     recs: Vec<tickmesh_codec::Record>,
-    mut seq: Sequencer,
     rate: u32,
     recorded: bool,
     tx: Sender<HubMsg>,
@@ -391,10 +398,7 @@ fn run_capture(
     // Recorded pace: record i is due at pass_start + (ts_event[i] - ts_event[0]).
     let mut pass_start = tickmesh_codec::now_ns();
     let first_ts = recs.first().map(|r| r.header.ts_event).unwrap_or(0);
-    let send = |rec: &mut tickmesh_codec::Record, seq: &mut Sequencer| -> bool {
-        seq.stamp(rec, tickmesh_codec::now_ns());
-        tx.send(HubMsg::Local(rec.to_bytes())).is_ok()
-    };
+    let send = |rec: &mut tickmesh_codec::Record| -> bool { tx.send(HubMsg::Local(Box::new(*rec))).is_ok() };
     while !stop.load(Ordering::Relaxed) {
         let now = tickmesh_codec::now_ns();
         let due = if recorded {
@@ -425,7 +429,7 @@ fn run_capture(
                     if let Body::Level(l) = r.body {
                         r.body = Body::Level(Level { qty: Qty::ZERO, count: 0, ..l });
                         r.header.ts_event = tickmesh_codec::now_ns();
-                        if !send(&mut r, &mut seq) {
+                        if !send(&mut r) {
                             return;
                         }
                     }
@@ -442,7 +446,7 @@ fn run_capture(
                     standing.remove(&key);
                 }
             }
-            if !send(&mut rec, &mut seq) {
+            if !send(&mut rec) {
                 return;
             }
         }

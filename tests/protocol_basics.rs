@@ -124,3 +124,27 @@ async fn bad_tokens_get_401_before_the_upgrade_and_http_endpoints_answer() {
     assert!(names.iter().any(|n| n == "hub"), "threads: {names:?}");
     assert!(names.iter().any(|n| n.starts_with("ingest-")), "threads: {names:?}");
 }
+
+/// The first `seq` of `src` a fresh subscription sees.
+async fn first_seq(demo: &Demo, src: &str) -> u64 {
+    let (mut ws, _) = connect(&demo.regions[0].ws_url, &demo.user_token, "").await;
+    request(&mut ws, json!({"op":"subscribe","id":1,"channels":["trades","quotes"],"symbols":"*"})).await;
+    loop {
+        let v = next_json(&mut ws, Duration::from_secs(5)).await.expect("records flow");
+        if v["src"] == src {
+            return v["seq"].as_u64().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_region_continues_its_sequence() {
+    let keep = tempfile::tempdir().unwrap();
+    let demo = Demo::start_in(keep.path(), &["--regions", "us-east-1", "--rate", "500"], None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = first_seq(&demo, "SYN.USE1").await;
+    drop(demo); // SIGTERM: a clean stop
+    let demo = Demo::start_in(keep.path(), &["--regions", "us-east-1", "--rate", "500"], None);
+    let after = first_seq(&demo, "SYN.USE1").await;
+    assert!(after > before, "seq {after} after the restart does not continue past {before}");
+}

@@ -26,16 +26,23 @@ pub struct Demo {
     pub user_token: String,
     pub admin_token: String,
     pub jwt_key_file: String,
-    pub state_dir: tempfile::TempDir,
+    pub state_dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Demo {
     /// Starts `tickmesh demo --json --port-base 0` with extra arguments and waits for `ready`.
     pub fn start(extra: &[&str]) -> Demo {
-        let state_dir = tempfile::tempdir().expect("temp dir");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        Demo::start_in(&dir, extra, Some(tmp))
+    }
+
+    /// Like [`Demo::start`], in a state directory the caller keeps (journals survive).
+    pub fn start_in(state_dir: &std::path::Path, extra: &[&str], tmp: Option<tempfile::TempDir>) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
             .args(["demo", "--json", "--port-base", "0", "--state-dir"])
-            .arg(state_dir.path())
+            .arg(state_dir)
             .args(if extra.contains(&"--feed") { &[][..] } else { &["--feed", "synthetic"][..] })
             .args(extra)
             .stdout(Stdio::piped())
@@ -58,7 +65,8 @@ impl Demo {
             user_token: String::new(),
             admin_token: String::new(),
             jwt_key_file: String::new(),
-            state_dir,
+            state_dir: state_dir.to_owned(),
+            _tmp: tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
