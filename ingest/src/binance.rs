@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::coinbase::{drain_frames, px, qty, truncate, Counts, JsonFramer, Products};
+use crate::coinbase::{px, qty, truncate, Counts, JsonFramer, Products};
 pub use crate::coinbase::{CrossCheck, FeedEvent, FeedItem};
 use crate::error::{Error, Result};
 
@@ -665,20 +665,15 @@ fn ticker_agrees(book: &crate::book::LevelBook, partial: bool, t: (u64, Px, Qty,
 
 impl crate::Decoder for Decoder {
     fn feed(&mut self, input: &[u8], out: &mut Vec<Record>) -> Result<()> {
-        self.framer.push(input);
+        // The framer leaves `self` for the drain, so `on_message` may borrow `self` whole.
         let mut framer = std::mem::take(&mut self.framer);
-        let r = drain_frames(FORMAT, &mut framer, |b, at| self.on_message(b, at, out));
+        let r = framer.feed(FORMAT, input, |b, at| self.on_message(b, at, out));
         self.framer = framer;
         r
     }
 
     fn finish(&mut self, _out: &mut Vec<Record>) -> Result<()> {
-        if self.framer.in_message() {
-            let at = self.framer.offset(0);
-            self.framer.reset_partial();
-            return Err(bad(at, "input ends inside a JSON message; the capture or connection was cut short"));
-        }
-        Ok(())
+        self.framer.finish(FORMAT)
     }
 
     fn message_counts(&self) -> Vec<(String, u64)> {

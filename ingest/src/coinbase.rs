@@ -255,6 +255,34 @@ impl JsonFramer {
     }
 }
 
+impl JsonFramer {
+    /// Buffers `input` and runs every complete message through `on_message` (see
+    /// [`drain_frames`]).
+    pub(crate) fn feed(
+        &mut self,
+        format: &'static str,
+        input: &[u8],
+        on_message: impl FnMut(&[u8], u64) -> Result<()>,
+    ) -> Result<()> {
+        self.push(input);
+        drain_frames(format, self, on_message)
+    }
+
+    /// End of input: an error if it stopped inside a message (the partial bytes are dropped).
+    pub(crate) fn finish(&mut self, format: &'static str) -> Result<()> {
+        if !self.in_message() {
+            return Ok(());
+        }
+        let offset = self.offset(0);
+        self.reset_partial();
+        Err(Error::Parse {
+            format,
+            offset,
+            what: "input ends inside a JSON message; the capture or connection was cut short".into(),
+        })
+    }
+}
+
 /// Runs every complete frame of `framer` through `on_message`, keeping the first error and
 /// going on with the rest, so one bad message never costs the good ones around it.
 pub(crate) fn drain_frames(
@@ -939,20 +967,15 @@ impl ExchangeDecoder {
 
 impl crate::Decoder for ExchangeDecoder {
     fn feed(&mut self, input: &[u8], out: &mut Vec<Record>) -> Result<()> {
-        self.framer.push(input);
+        // The framer leaves `self` for the drain, so `on_message` may borrow `self` whole.
         let mut framer = std::mem::take(&mut self.framer);
-        let r = drain_frames(FORMAT, &mut framer, |b, at| self.on_message(b, at, out));
+        let r = framer.feed(FORMAT, input, |b, at| self.on_message(b, at, out));
         self.framer = framer;
         r
     }
 
     fn finish(&mut self, _out: &mut Vec<Record>) -> Result<()> {
-        if self.framer.in_message() {
-            let at = self.framer.offset(0);
-            self.framer.reset_partial();
-            return Err(bad(at, "input ends inside a JSON message; the capture or connection was cut short"));
-        }
-        Ok(())
+        self.framer.finish(FORMAT)
     }
 
     fn message_counts(&self) -> Vec<(String, u64)> {
@@ -1277,20 +1300,15 @@ impl AdvancedDecoder {
 
 impl crate::Decoder for AdvancedDecoder {
     fn feed(&mut self, input: &[u8], out: &mut Vec<Record>) -> Result<()> {
-        self.framer.push(input);
+        // The framer leaves `self` for the drain, so `on_message` may borrow `self` whole.
         let mut framer = std::mem::take(&mut self.framer);
-        let r = drain_frames(FORMAT, &mut framer, |b, at| self.on_message(b, at, out));
+        let r = framer.feed(FORMAT, input, |b, at| self.on_message(b, at, out));
         self.framer = framer;
         r
     }
 
     fn finish(&mut self, _out: &mut Vec<Record>) -> Result<()> {
-        if self.framer.in_message() {
-            let at = self.framer.offset(0);
-            self.framer.reset_partial();
-            return Err(bad(at, "input ends inside a JSON message; the capture or connection was cut short"));
-        }
-        Ok(())
+        self.framer.finish(FORMAT)
     }
 
     fn message_counts(&self) -> Vec<(String, u64)> {
