@@ -6,6 +6,7 @@
 //!   this region's home sources from its store.
 //! * [`tls`]: the private CA, per-region certificates, rustls configurations.
 //! * [`store`]: [`RecordStore`], what the mesh needs from the journal.
+//! * [`transfer`]: the residency policy and audit hooks the mesh calls on every transfer.
 //! * [`wan`]: user-space WAN emulation (delay, jitter, loss, cuts) for the demo and tests.
 //!
 //! Every record received from a peer is validated (`codec::access_untrusted`) before the
@@ -15,8 +16,10 @@ pub mod error;
 pub mod mesh;
 pub mod store;
 pub mod tls;
+pub mod transfer;
 pub mod wan;
 
 pub use error::{Error, Result};
 pub use mesh::{Inbound, Mesh, MeshConfig, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use store::{Cursor, MemoryStore, RecordStore};
+pub use transfer::{AllowAll, DataClass, Decision, Direction, NoAudit, Transfer, TransferAudit, TransferPolicy};
