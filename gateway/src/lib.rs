@@ -3,6 +3,7 @@
 //! # Layout
 //! * [`fanout`]: [`Fanout`], encode each record once into shared frames and hand them to
 //!   every core.
+//! * [`hops`]: latency histograms per hop of the data path, for sampled records.
 //! * `core`: one `gw-core-N` thread per core, pinned, with its own current-thread runtime,
 //!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
 //! * `session`: one connection: protocol state, outbound queue, vectored writes.
@@ -22,6 +23,7 @@ pub mod config;
 mod core;
 pub mod error;
 pub mod fanout;
+pub mod hops;
 mod http;
 pub mod protocol;
 mod session;

@@ -32,6 +32,7 @@ pub struct GatewayShared {
     metrics: MetricsFn,
     draining: AtomicBool,
     journal: std::sync::OnceLock<std::sync::Arc<tickmesh_journal::Journal>>,
+    hops: crate::hops::Hops,
 }
 
 impl std::fmt::Debug for GatewayShared {
@@ -52,12 +53,18 @@ impl GatewayShared {
             metrics,
             draining: AtomicBool::new(false),
             journal: std::sync::OnceLock::new(),
+            hops: crate::hops::Hops::new(),
         }
     }
 
     /// This region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// Latency per hop of sampled records.
+    pub fn hops(&self) -> &crate::hops::Hops {
+        &self.hops
     }
 
     /// Token verification.
