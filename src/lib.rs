@@ -20,3 +20,4 @@ pub mod http_get;
 pub mod metrics;
 pub mod node;
 pub mod regions;
+pub mod tiers;

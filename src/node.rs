@@ -53,6 +53,8 @@ pub struct Node {
     ingest: Vec<JoinHandle<()>>,
     hub: Option<JoinHandle<()>>,
     hub_tx: Option<Sender<HubMsg>>,
+    trading: crate::tiers::trading::TradingTier,
+    users: Option<Arc<crate::tiers::userdata::UserTier>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -115,10 +117,29 @@ impl Node {
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
         });
-        let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
-            .context("starting the gateway")?;
-
+        let users = match &cfg.userdata {
+            Some(u) => Some(Arc::new(user_tier(&cfg, u)?)),
+            None => None,
+        };
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+        let taps = Arc::new(crate::tiers::trading::Taps::default());
+        let trading = {
+            let tx = hub_tx.clone();
+            let submit: crate::tiers::trading::Submit =
+                Arc::new(move |rec| tx.send(HubMsg::Local(Box::new(rec))).is_ok());
+            let src = cfg.trading.as_ref().map(|t| SourceId::new(&t.source)).transpose()?;
+            crate::tiers::trading::TradingTier::new(cfg.region.clone(), src, submit, taps.clone())
+        };
+        let mut routes = node_routes(view.clone()).merge(crate::tiers::http::trading_routes(Arc::new(
+            crate::tiers::http::TradingState { tier: trading.clone(), shared: shared.clone() },
+        )));
+        if let Some(tier) = &users {
+            let state = Arc::new(crate::tiers::http::UsersState { tier: tier.clone(), shared: shared.clone() });
+            routes = routes.merge(crate::tiers::http::routes(state));
+        }
+        let (gateway, fanout) =
+            Gateway::start(cfg.gateway.clone(), shared.clone(), routes).context("starting the gateway")?;
+
         let (appended_tx, appended_rx) = tokio::sync::watch::channel(0u64);
 
         let mut home = Vec::new();
@@ -169,6 +190,8 @@ impl Node {
                     cfg: mcfg.clone(),
                     creds,
                     store: Arc::new(JournalStore(journal.clone())),
+                    // The orders source is personal data and is not in this list: it is
+                    // never offered to peers (the residency policy classes it `pii` too).
                     home: home.clone(),
                     appended: appended_rx,
                     inbound: Arc::new(move |b| {
@@ -185,7 +208,7 @@ impl Node {
             let journal = journal.clone();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last))
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps))
                 .context("starting the hub thread")?
         };
 
@@ -219,7 +242,18 @@ impl Node {
                     .context("starting an ingest thread")?,
             );
         }
-        Ok(Node { cfg, gateway: Some(gateway), mesh, journal, stop, ingest, hub: Some(hub), hub_tx: Some(hub_tx) })
+        Ok(Node {
+            cfg,
+            gateway: Some(gateway),
+            mesh,
+            journal,
+            stop,
+            ingest,
+            hub: Some(hub),
+            hub_tx: Some(hub_tx),
+            trading,
+            users,
+        })
     }
 
     /// The gateway's bound address.
@@ -230,6 +264,16 @@ impl Node {
     /// The mesh's bound address.
     pub fn mesh_addr(&self) -> Option<std::net::SocketAddr> {
         self.mesh.as_ref().map(Mesh::local_addr)
+    }
+
+    /// The trading tier: subscribe to journaled records, publish users' order updates.
+    pub fn trading(&self) -> crate::tiers::trading::TradingTier {
+        self.trading.clone()
+    }
+
+    /// The user-data tier, when `[userdata]` is configured.
+    pub fn users(&self) -> Option<Arc<crate::tiers::userdata::UserTier>> {
+        self.users.clone()
     }
 
     /// The node's region.
@@ -258,6 +302,42 @@ impl Node {
             tracing::error!(error = %e, "journal sync at shutdown failed");
         }
     }
+}
+
+/// The user-data tier: its store (redb in the state directory, or PostgreSQL), other
+/// regions reached over HTTP with node-minted admin tokens, and erasures logged.
+fn user_tier(
+    cfg: &NodeConfig,
+    u: &crate::tiers::userdata::UserDataConfig,
+) -> anyhow::Result<crate::tiers::userdata::UserTier> {
+    use crate::tiers::userdata::{Backend, PgStore, RedbStore, UserStore};
+    let store: Arc<dyn UserStore> = match u.backend {
+        Backend::Redb => Arc::new(RedbStore::open(&cfg.state_dir.join("userdata.redb"))?),
+        Backend::Postgres => Arc::new(PgStore::connect(u.postgres_url.as_deref().unwrap_or_default())?),
+    };
+    let secret = match cfg.auth.hs256_key_files.first() {
+        Some(f) => Some(
+            trim_newline(&std::fs::read(f).with_context(|| format!("reading the HS256 key {}", f.display()))?).to_vec(),
+        ),
+        None => None,
+    };
+    let home = crate::tiers::http::HttpHome {
+        region: cfg.region.clone(),
+        urls: cfg.regions.iter().map(|r| (r.region.clone(), r.http_url.clone())).collect(),
+        secret,
+    };
+    let others = cfg.regions.iter().map(|r| r.region.clone()).filter(|r| *r != cfg.region).collect();
+    let audit: crate::tiers::userdata::UserAudit = Arc::new(|e| {
+        tracing::info!(target: "tickmesh::audit", action = e.action, user = %e.user, region = %e.region, outcome = %e.outcome, "user data");
+    });
+    Ok(crate::tiers::userdata::UserTier::new(
+        cfg.region.clone(),
+        others,
+        store,
+        Arc::new(home),
+        audit,
+        Duration::from_secs(u.cache_ttl_s),
+    ))
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -292,6 +372,7 @@ fn run_hub(
     mut fanout: Fanout,
     appended: tokio::sync::watch::Sender<u64>,
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+    taps: Arc<crate::tiers::trading::Taps>,
 ) {
     let mut appended_n = 0u64;
     let publish = |fanout: &mut Fanout, bytes: &[u8]| {
@@ -299,6 +380,7 @@ fn run_hub(
         // remote ones were validated by the mesh with `access_untrusted`.
         let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
         fanout.publish(&rec);
+        taps.offer(bytes);
     };
     let mut fresh: Vec<SourceId> = Vec::new();
     let mut seqs: std::collections::BTreeMap<SourceId, Sequencer> = std::collections::BTreeMap::new();
