@@ -54,6 +54,7 @@ pub struct Node {
     hub: Option<JoinHandle<()>>,
     hub_tx: Option<Sender<HubMsg>>,
     trading: crate::tiers::trading::TradingTier,
+    trading_hub: Arc<std::sync::RwLock<Option<Sender<HubMsg>>>>,
     users: Option<Arc<crate::tiers::userdata::UserTier>>,
 }
 
@@ -123,10 +124,15 @@ impl Node {
         };
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
         let taps = Arc::new(crate::tiers::trading::Taps::default());
+        // The tier reaches the hub through a slot that shutdown empties: handles a service
+        // keeps must not hold the hub open after the node stops.
+        let trading_hub = Arc::new(std::sync::RwLock::new(Some(hub_tx.clone())));
         let trading = {
-            let tx = hub_tx.clone();
-            let submit: crate::tiers::trading::Submit =
-                Arc::new(move |rec| tx.send(HubMsg::Local(Box::new(rec))).is_ok());
+            let slot = trading_hub.clone();
+            let submit: crate::tiers::trading::Submit = Arc::new(move |rec| {
+                let tx = slot.read().unwrap_or_else(|e| e.into_inner());
+                tx.as_ref().is_some_and(|tx| tx.send(HubMsg::Local(Box::new(rec))).is_ok())
+            });
             let src = cfg.trading.as_ref().map(|t| SourceId::new(&t.source)).transpose()?;
             crate::tiers::trading::TradingTier::new(cfg.region.clone(), src, submit, taps.clone())
         };
@@ -252,6 +258,7 @@ impl Node {
             hub: Some(hub),
             hub_tx: Some(hub_tx),
             trading,
+            trading_hub,
             users,
         })
     }
@@ -294,6 +301,7 @@ impl Node {
         if let Some(m) = self.mesh.take() {
             m.shutdown();
         }
+        self.trading_hub.write().unwrap_or_else(|e| e.into_inner()).take();
         drop(self.hub_tx.take());
         if let Some(h) = self.hub.take() {
             let _ = h.join();

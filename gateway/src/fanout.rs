@@ -176,3 +176,21 @@ pub(crate) fn owner_is(owner: &[u8; 24], sub: &str) -> bool {
     let len = owner.iter().position(|&b| b == 0).unwrap_or(owner.len());
     !sub.is_empty() && &owner[..len] == sub.as_bytes()
 }
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn private_records_are_visible_only_to_their_owner() {
+        let mut alice = [0u8; 24];
+        alice[..5].copy_from_slice(b"alice");
+        assert!(owner_is(&alice, "alice"));
+        assert!(!owner_is(&alice, "alic"));
+        assert!(!owner_is(&alice, "alice2"));
+        assert!(!owner_is(&alice, ""));
+        assert!(!owner_is(&[0u8; 24], ""), "an empty sub owns nothing");
+        let full = [b'x'; 24];
+        assert!(owner_is(&full, &"x".repeat(24)));
+    }
+}

@@ -58,32 +58,35 @@ fn tier_error(e: TierError) -> Response {
 }
 
 /// The caller's claims, or the response to send.
-fn caller(s: &UsersState, headers: &HeaderMap) -> Result<Claims, Response> {
+fn caller(s: &UsersState, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
     let authz = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(token) = tickmesh_gateway::auth::token_from_request(None, authz) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "no token; send the header Authorization: Bearer JWT".into(),
-        ));
+        )));
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    s.shared.verifier().verify(&token, now).map_err(|e| error(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+    s.shared
+        .verifier()
+        .verify(&token, now)
+        .map_err(|e| Box::new(error(StatusCode::UNAUTHORIZED, e.code(), e.to_string())))
 }
 
-fn need_admin(c: &Claims) -> Result<(), Response> {
+fn need_admin(c: &Claims) -> Result<(), Box<Response>> {
     if c.has_role("admin") {
         Ok(())
     } else {
-        Err(error(StatusCode::FORBIDDEN, "forbidden", "this needs a token with role admin".into()))
+        Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", "this needs a token with role admin".into())))
     }
 }
 
-fn need_self_or_admin(c: &Claims, id: &str) -> Result<(), Response> {
+fn need_self_or_admin(c: &Claims, id: &str) -> Result<(), Box<Response>> {
     if c.has_role("admin") || c.sub == id {
         Ok(())
     } else {
-        Err(error(StatusCode::FORBIDDEN, "forbidden", format!("only user {id} or an admin may do this")))
+        Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", format!("only user {id} or an admin may do this"))))
     }
 }
 
@@ -91,7 +94,7 @@ macro_rules! try_resp {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
