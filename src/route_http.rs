@@ -211,9 +211,7 @@ impl RouteService {
                     RegionState::Draining
                 } else if let Some(s) = health.state(&e.region) {
                     s
-                } else if me {
-                    RegionState::Active
-                } else if peers.iter().any(|p| p.region == e.region && p.receiving) {
+                } else if me || peers.iter().any(|p| p.region == e.region && p.receiving) {
                     RegionState::Active
                 } else {
                     RegionState::Down
@@ -324,24 +322,25 @@ struct WeightsBody {
     weights: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-/// Checks the admin token of a request; the error response says what is wrong.
-pub fn require_admin(shared: &GatewayShared, req: &Request) -> Result<(), Response> {
+/// Checks the admin token of a request: None when it has role `admin`, else the error
+/// response that says what is wrong.
+pub fn admin_refusal(shared: &GatewayShared, req: &Request) -> Option<Response> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let Some(token) = tickmesh_gateway::auth::token_from_request(None, header) else {
-        return Err(http_error(
+        return Some(http_error(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "send an admin token in the Authorization: Bearer header (tickmesh token --roles admin)",
         ));
     };
     match shared.verifier().verify(&token, tickmesh_codec::now_ns() / 1_000_000_000) {
-        Ok(c) if c.has_role("admin") => Ok(()),
-        Ok(_) => Err(http_error(
+        Ok(c) if c.has_role("admin") => None,
+        Ok(_) => Some(http_error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this token has no admin role; mint one with tickmesh token --roles admin",
         )),
-        Err(e) => Err(http_error(
+        Err(e) => Some(http_error(
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
             e.code(),
             &e.to_string(),
@@ -350,7 +349,7 @@ pub fn require_admin(shared: &GatewayShared, req: &Request) -> Result<(), Respon
 }
 
 async fn admin_weights(State(svc): State<Arc<RouteService>>, req: Request) -> Response {
-    if let Err(r) = require_admin(&svc.shared, &req) {
+    if let Some(r) = admin_refusal(&svc.shared, &req) {
         return r;
     }
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {

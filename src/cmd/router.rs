@@ -325,7 +325,7 @@ impl RouterState {
 fn client_subnet(request: &Request) -> (IpAddr, u8, Option<ClientSubnet>) {
     if let Some(EdnsOption::Subnet(ecs)) = request.edns.as_ref().and_then(|e| e.option(EdnsCode::Subnet)) {
         if ecs.source_prefix() > 0 {
-            return (ecs.addr(), ecs.source_prefix(), Some(ecs.clone()));
+            return (ecs.addr(), ecs.source_prefix(), Some(*ecs));
         }
     }
     let ip = request.src().ip();
