@@ -295,6 +295,7 @@ async fn route(
     let decided = route::decide(&svc.views(), &weights, &svc.region, want, &key);
     match decided {
         Ok(r) => {
+            metrics::counter!("tickmesh_route_answers_total", "region" => r.region.clone()).increment(1);
             let link = |name: &str| {
                 let e = svc.entry(name);
                 json!({"region": name, "ws_url": e.map(|e| e.ws_url.as_str()), "http_url": e.map(|e| e.http_url.as_str())})
@@ -306,6 +307,7 @@ async fn route(
             ([(header::CACHE_CONTROL, format!("max-age={ROUTE_TTL_S}"))], Json(body)).into_response()
         }
         Err(e @ RouteError::NoHealthyRegion) => {
+            metrics::counter!("tickmesh_route_no_healthy_region_total").increment(1);
             http_error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_region", &e.to_string())
         }
         Err(e @ RouteError::UnknownRegion { .. }) => {

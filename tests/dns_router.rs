@@ -137,3 +137,41 @@ fn weights_90_10_split_10000_subnets_within_3_percent_and_affinity_holds() {
     wait_for(Duration::from_secs(20), "SG leaving ap-southeast-1", || a_for(dns, "127.3.0.0/24") != ap);
     assert_eq!(batch(dns, &sample), expected);
 }
+
+#[test]
+fn standalone_router_serves_the_demo_config_and_refuses_a_bad_one() {
+    let demo = Demo::start(&["--router"]);
+    let config = demo.state_dir.join("router.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args(["router", "--json", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tickmesh router");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(v["event"], "router_up", "{v}");
+    assert_eq!(v["name"], "md.tickmesh.test.");
+    let dns: SocketAddr = v["dns_addr"].as_str().unwrap().parse().unwrap();
+    assert_ne!(Some(dns), demo.dns_addr);
+    assert_eq!(a_for(dns, "127.2.0.0/24"), ip_of(&demo, "eu-west-1"));
+    assert_eq!(a_for(dns, "127.3.0.0/24"), ip_of(&demo, "ap-southeast-1"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"md.tickmesh.test.\"\nttl_s = 0\n[[regions]]\nregion = \"us-east-1\"\nhttp_url = \"ftp://x\"\n\
+         [[subnets]]\ncidr = \"10.0.0.0/8\"\ncountry = \"ZZ\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tickmesh")).args(["router", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in ["3 problem(s)", "ttl_s = 0", "http://", "ZZ"] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+}

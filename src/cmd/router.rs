@@ -386,6 +386,8 @@ impl RequestHandler for Handler {
         }
         let qtype = info.query.query_type();
         let answer = st.answer(addr, prefix);
+        let label = answer.as_ref().map(|a| a.region.clone()).unwrap_or_else(|| "none".into());
+        metrics::counter!("tickmesh_router_answers_total", "region" => label).increment(1);
         tracing::debug!(client = %addr, prefix, ?qtype, answer = ?answer, "dns query");
         let Some(answer) = answer else {
             // No healthy region: SERVFAIL, so resolvers retry rather than cache an empty answer.
