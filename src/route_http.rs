@@ -397,6 +397,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn weights_survive_a_restart_and_self_drain_counts_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: NodeConfig = toml::from_str(&format!(
+            "region = \"us-east-1\"\nstate_dir = {:?}\n[[regions]]\nregion = \"us-east-1\"\nws_url = \"ws://127.0.0.1:1/v1/ws\"\nhttp_url = \"http://127.0.0.1:1\"\n",
+            dir.path()
+        ))
+        .unwrap();
+        let shared =
+            Arc::new(GatewayShared::new("us-east-1", tickmesh_gateway::auth::Verifier::new(), Box::new(String::new)));
+        let svc = RouteService::new(&cfg, shared.clone());
+        assert_eq!(svc.weight("us-east-1"), 100);
+        svc.set_weights(Weights::parse_list("us-east-1=40").unwrap()).unwrap();
+        let again = RouteService::new(&cfg, shared.clone());
+        assert_eq!(again.weight("us-east-1"), 40);
+        assert_eq!(again.views()[0].state, RegionState::Active);
+        shared.set_draining(true);
+        assert_eq!(again.views()[0].state, RegionState::Draining);
+    }
+
+    #[test]
     fn http_addr_reads_urls_and_refuses_others() {
         assert_eq!(http_addr("http://127.0.0.2:8080").unwrap(), "127.0.0.2:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(http_addr("http://127.0.0.1:9/x").unwrap(), "127.0.0.1:9".parse::<SocketAddr>().unwrap());
