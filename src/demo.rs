@@ -44,6 +44,30 @@ pub struct DemoOptions {
     pub pace: crate::config::Pace,
     /// Gateway slow-consumer bound in bytes (None: the gateway default, 4 MiB).
     pub slow_bytes: Option<usize>,
+    /// Also run `tickmesh router` (DNS) in the demo's process, answering [`DEMO_DNS_NAME`].
+    pub router: bool,
+}
+
+/// The name the demo's DNS router answers.
+pub const DEMO_DNS_NAME: &str = "md.tickmesh.test.";
+
+/// Client subnets of the demo's DNS router: loopback sub-ranges (a client can bind one
+/// with `dig -b`, or name one in EDNS Client Subnet) and two documentation ranges.
+pub const DEMO_SUBNETS: [(&str, &str); 8] = [
+    ("127.1.0.0/16", "US"),
+    ("127.2.0.0/16", "DE"),
+    ("127.3.0.0/16", "SG"),
+    ("127.4.0.0/16", "BR"),
+    ("127.5.0.0/16", "AU"),
+    ("127.6.0.0/16", "AE"),
+    ("198.51.100.0/24", "GB"),
+    ("203.0.113.0/24", "JP"),
+];
+
+/// The loopback address of the demo's `i`-th region: 127.0.0.1, 127.0.0.2, ... Linux
+/// routes all of 127/8 to `lo`, so each region gets its own address and DNS answers differ.
+pub fn region_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, u8::try_from(i + 1).unwrap_or(254))
 }
 
 struct Region {
@@ -141,11 +165,14 @@ fn today_eastern() -> String {
     d.to_string()
 }
 
-fn free_port_tcp() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+fn free_port_tcp(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))
+        .with_context(|| format!("binding {ip}; this host must route 127.0.0.0/8 to lo (Linux does)"))?
+        .local_addr()?
+        .port())
 }
-fn free_port_udp() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+fn free_port_udp(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port())
 }
 
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
@@ -184,7 +211,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut regions = Vec::new();
     for (i, name) in opts.regions.iter().enumerate() {
         let (ws_port, mesh_port) = if opts.port_base == 0 {
-            (free_port_tcp()?, free_port_udp()?)
+            (free_port_tcp(region_ip(i))?, free_port_udp(region_ip(i))?)
         } else {
             let base = opts.port_base + (i as u16) * 10;
             (base, base + 1)
@@ -195,8 +222,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         write(&pki.join(format!("{name}.key")), &leaf.key)?;
         regions.push(Region {
             name: name.clone(),
-            ws: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ws_port),
-            mesh: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), mesh_port),
+            ws: SocketAddr::new(IpAddr::V4(region_ip(i)), ws_port),
+            mesh: SocketAddr::new(IpAddr::V4(region_ip(i)), mesh_port),
             dir,
             child: None,
         });
@@ -407,6 +434,27 @@ fn start_and_wait(
         })
     })
     .context("the mesh did not connect every pair of regions in 30 s; see the node.log files")?;
+    let _router = if opts.router {
+        let router = start_router(regions, opts)?;
+        if opts.json {
+            println!(
+                "{}",
+                serde_json::json!({"event":"router_up","dns_addr":router.local_addr().to_string(),"name":router.name()})
+            );
+        } else {
+            println!(
+                "DNS router: {} on {} (UDP and TCP), e.g. dig @{} -p {} {} +subnet=127.2.0.0/24",
+                router.name(),
+                router.local_addr(),
+                router.local_addr().ip(),
+                router.local_addr().port(),
+                router.name()
+            );
+        }
+        Some(router)
+    } else {
+        None
+    };
     if opts.json {
         println!(
             "{}",
@@ -443,6 +491,40 @@ fn start_and_wait(
     Ok(())
 }
 
+/// Starts the DNS router for the demo's regions, on 127.0.0.1 (port base + 10 per region,
+/// or a free port), and writes its configuration next to the regions' for reference.
+fn start_router(regions: &[Region], opts: &DemoOptions) -> anyhow::Result<crate::cmd::router::Router> {
+    use crate::cmd::router::{Router, RouterConfig, RouterRegion, SubnetRule};
+    let port = if opts.port_base == 0 { 0 } else { opts.port_base + 10 * regions.len() as u16 };
+    let cfg = RouterConfig {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        name: DEMO_DNS_NAME.into(),
+        ttl_s: 5,
+        poll_ms: 1000,
+        down_after: 2,
+        default_country: None,
+        regions: regions
+            .iter()
+            .map(|r| RouterRegion {
+                region: r.name.clone(),
+                http_url: format!("http://{}", r.ws),
+                address: Some(r.ws.ip()),
+            })
+            .collect(),
+        subnets: DEMO_SUBNETS
+            .iter()
+            .filter_map(|(cidr, cc)| {
+                Some(SubnetRule { cidr: cidr.parse().ok()?, country: Some((*cc).into()), region: None })
+            })
+            .collect(),
+        weights: Default::default(),
+    };
+    if let Some(state) = regions.first().and_then(|r| r.dir.parent()) {
+        write(&state.join("router.toml"), toml::to_string_pretty(&cfg)?)?;
+    }
+    Router::start(cfg).context("starting the demo's DNS router")
+}
+
 fn wait_until(limit: Duration, stop: &AtomicBool, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -466,7 +548,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Sets `flag` when `sig` arrives (async-signal-safe: one atomic store).
-fn signal_flag(sig: libc::c_int, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn signal_flag(sig: libc::c_int, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     let _ = FLAGS.set(flag);
     // SAFETY: installing a handler that only performs an atomic store.
     let r = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };

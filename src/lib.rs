@@ -7,6 +7,8 @@
 //! * [`config`]: [`config::NodeConfig`], the TOML file of `tickmesh node --config`.
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
+//! * [`route`]: routing decisions (country map, health, weights, affinity) for `/v1/route` and the DNS router.
+//! * [`route_http`]: `GET /v1/route`, `POST /v1/admin/weights` and the region health poller.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
 //! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
@@ -21,3 +23,5 @@ pub mod metrics;
 pub mod node;
 pub mod regions;
 pub mod tiers;
+pub mod route;
+pub mod route_http;

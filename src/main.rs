@@ -58,6 +58,9 @@ enum Cmd {
         /// Unsent output (bytes) above which a client is slow (gateway.slow_bytes; default 4 MiB).
         #[arg(long)]
         slow_bytes: Option<usize>,
+        /// Also run the DNS router (`tickmesh router`) for the demo's regions.
+        #[arg(long)]
+        router: bool,
     },
     /// Decode a capture and print its normalized records as JSON lines.
     Ingest {
@@ -92,6 +95,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Operator commands, sent to the regions' admin HTTP API.
+    Admin {
+        #[command(subcommand)]
+        cmd: tickmesh::cmd::admin_route::AdminRouteCmd,
+    },
+    /// DNS server answering with the nearest healthy region (EDNS Client Subnet, weights).
+    Router(tickmesh::cmd::router::RouterArgs),
     /// Print a signed client token.
     Token {
         /// HS256 key file (as the regions trust it).
@@ -197,7 +207,7 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 
 fn init_tracing(region: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TICKMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
     if let Some(r) = region {
@@ -224,7 +234,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing(Some(&cfg.region));
             run_node(cfg)
         }
-        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes } => {
+        Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes, router } => {
             let pace = match pace.as_str() {
                 "recorded" => tickmesh::config::Pace::Recorded,
                 "fast" => tickmesh::config::Pace::Fast,
@@ -234,7 +244,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--wan {wan} is not known; use --wan real (REGIONS.md round-trip times) or --wan off");
             }
             init_tracing(None);
-            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, wan, pace, slow_bytes })
+            demo::run(DemoOptions { json, regions, port_base, state_dir, rate, feed, wan, pace, slow_bytes, router })
         }
         Cmd::Ingest { file, format, emit, book, stats, source, date } => {
             if emit != "jsonl" {
@@ -254,6 +264,11 @@ fn main() -> anyhow::Result<()> {
                 duration: std::time::Duration::from_secs(duration),
                 wan,
             })
+        }
+        Cmd::Admin { cmd } => tickmesh::cmd::admin_route::run(cmd),
+        Cmd::Router(args) => {
+            init_tracing(None);
+            tickmesh::cmd::router::run(args)
         }
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {
             let secret = std::fs::read(&key).with_context(|| format!("reading the key file {}", key.display()))?;

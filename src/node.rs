@@ -72,6 +72,8 @@ struct NodeView {
     /// When each home source last had a record journaled (ns), for feed staleness.
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
     started_ns: u64,
+    /// `/v1/route`, the weights, each region's health.
+    route: Arc<crate::route_http::RouteService>,
 }
 
 impl Node {
@@ -117,7 +119,9 @@ impl Node {
             shared: shared.clone(),
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
+            route: crate::route_http::RouteService::new(&cfg, shared.clone()),
         });
+        view.route.spawn_poller().context("starting the route-health thread")?;
         let users = match &cfg.userdata {
             Some(u) => Some(Arc::new(user_tier(&cfg, u)?)),
             None => None,
@@ -206,6 +210,7 @@ impl Node {
                 })
                 .context("starting the mesh")?;
                 let _ = view.mesh.set(mesh.status());
+                view.route.set_mesh(mesh.status());
                 Some(mesh)
             }
         };
@@ -592,7 +597,8 @@ impl Cursor for JournalCursor {
 }
 
 fn node_routes(view: Arc<NodeView>) -> Router {
-    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view)
+    let route = crate::route_http::routes(view.route.clone());
+    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view).merge(route)
 }
 
 /// Why this region should not take traffic now (empty: ready).
@@ -664,7 +670,7 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
             json!({
                 "region": e.region, "ws_url": e.ws_url, "http_url": e.http_url, "state": state,
                 "healthy": healthy, "rtt_ms": if me { 0.0 } else { peer.map(|p| p.rtt_ms).unwrap_or(0.0) },
-                "weight": 100, "lag": {},
+                "weight": v.route.weight(&e.region), "lag": {},
             })
         })
         .collect();
@@ -683,8 +689,10 @@ mod tests {
         ))
         .unwrap();
         std::fs::create_dir_all(dir.join("journal")).unwrap();
+        let shared = Arc::new(GatewayShared::new("us-east-1", Verifier::new(), Box::new(String::new)));
         NodeView {
-            shared: Arc::new(GatewayShared::new("us-east-1", Verifier::new(), Box::new(String::new))),
+            route: crate::route_http::RouteService::new(&cfg, shared.clone()),
+            shared,
             cfg,
             mesh: std::sync::OnceLock::new(),
             home_last: Default::default(),

@@ -27,6 +27,8 @@ pub struct Demo {
     pub admin_token: String,
     pub jwt_key_file: String,
     pub state_dir: std::path::PathBuf,
+    /// The DNS router's address (`--router`).
+    pub dns_addr: Option<std::net::SocketAddr>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -66,6 +68,7 @@ impl Demo {
             admin_token: String::new(),
             jwt_key_file: String::new(),
             state_dir: state_dir.to_owned(),
+            dns_addr: None,
             _tmp: tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -86,6 +89,7 @@ impl Demo {
                     demo.admin_token = v["admin"].as_str().unwrap().into();
                     demo.jwt_key_file = v["jwt_key_file"].as_str().unwrap().into();
                 }
+                Some("router_up") => demo.dns_addr = v["dns_addr"].as_str().and_then(|a| a.parse().ok()),
                 Some("ready") => break,
                 other => panic!("unexpected demo line {other:?}: {line}"),
             }
