@@ -1,6 +1,7 @@
 //! Subcommands of the binary that are more than a few lines.
 
 pub mod bench;
+pub mod bench_fanout;
 pub mod bench_ingest;
 pub mod certs;
 pub mod ingest;
