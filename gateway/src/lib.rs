@@ -7,6 +7,7 @@
 //! * `core`: one `gw-core-N` thread per core, pinned, with its own current-thread runtime,
 //!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
 //! * `session`: one connection: protocol state, outbound queue, vectored writes.
+//! * `subindex`: per-core subscriber index, so a record touches only its subscribers.
 //! * [`protocol`]: requests and replies of PROTOCOL.md, no I/O.
 //! * [`ws`]: WebSocket frames (RFC 6455), sans-I/O.
 //! * [`auth`]: JWT verification (HS256, EdDSA) and entitlements.
@@ -28,6 +29,7 @@ mod http;
 pub mod protocol;
 mod session;
 pub mod shared;
+mod subindex;
 pub mod ws;
 
 pub use config::{GatewayConfig, SlowPolicy};

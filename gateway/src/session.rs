@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -78,6 +78,8 @@ pub(crate) struct SessionState {
     /// Books that get a fresh `book_snapshot` when conflation ends.
     pending_books: BTreeSet<(SourceId, Symbol)>,
     next_heartbeat: Instant,
+    /// Set when `subs` changed: the core re-indexes the session.
+    pub(crate) subs_changed: bool,
     /// Token bucket for inbound requests.
     tokens: f64,
     tokens_at: Instant,
@@ -104,6 +106,8 @@ impl Out {
 pub(crate) struct SessionHandle {
     pub(crate) state: RefCell<SessionState>,
     pub(crate) wake: Notify,
+    /// Already in the dispatcher's list of sessions to wake this round.
+    pub(crate) marked: std::cell::Cell<bool>,
 }
 
 impl SessionHandle {
@@ -113,7 +117,8 @@ impl SessionHandle {
                 id,
                 params,
                 subs: Subscriptions::default(),
-                out: VecDeque::with_capacity(64),
+                // Grows with the first records; an idle connection holds a few control frames.
+                out: VecDeque::new(),
                 out_bytes: 0,
                 floors: BTreeMap::new(),
                 slow: SlowPolicy::default(),
@@ -127,10 +132,12 @@ impl SessionHandle {
                 pending: BTreeMap::new(),
                 pending_books: BTreeSet::new(),
                 next_heartbeat: now + Duration::from_millis(cfg.heartbeat_ms),
+                subs_changed: false,
                 tokens: f64::from(cfg.max_requests_per_sec),
                 tokens_at: now,
             }),
             wake: Notify::new(),
+            marked: std::cell::Cell::new(false),
         }
     }
 }
@@ -358,6 +365,7 @@ impl SessionState {
             Ok(Request::Ping { id }) => self.push_control(&protocol::pong(&id, now_ns)),
             Ok(Request::Unsubscribe { id, channels, symbols, channel_list, symbol_list }) => {
                 self.subs.remove(&channel_list, &symbol_list);
+                self.subs_changed = true;
                 self.push_control(&protocol::ack("unsubscribed", &id, &channels, &symbols));
             }
             Ok(Request::Subscribe(s)) => self.subscribe(core, s),
@@ -447,6 +455,7 @@ impl SessionState {
             }
         }
         self.subs.add(&s.channel_list, &s.symbol_list);
+        self.subs_changed = true;
         self.push_control(&protocol::ack("subscribed", &s.id, &s.channels, &s.symbols));
         for (src, from, to) in gaps {
             self.push_control(&protocol::gap(src.as_str(), from, to, "journal_unavailable"));
@@ -502,6 +511,13 @@ impl SessionState {
         true
     }
 
+    /// Gives back queue memory a burst left behind once the queue is empty.
+    fn shrink_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 16 {
+            self.out = VecDeque::new();
+        }
+    }
+
     /// Moves up to `max` queued items into `batch` as frames ready to write.
     fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
         let mut lines: Vec<Bytes> = Vec::new();
@@ -553,7 +569,8 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
         async move {
             let mut dec = ws::Decoder::new(core.cfg.max_message_bytes);
             dec.feed(&already_read);
-            let mut buf = vec![0u8; 16 * 1024];
+            // It may be a slice of hyper's whole read buffer: let that go now.
+            drop(already_read);
             'session: loop {
                 loop {
                     match dec.next_message() {
@@ -578,9 +595,9 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     }
                 }
                 handle.wake.notify_one();
-                match rd.read(&mut buf).await {
+                match read_shared(&rd, |b| dec.feed(b)).await {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => dec.feed(&buf[..n]),
+                    Ok(_) => {}
                 }
             }
             // A close frame is queued. Keep reading (and discarding) until the client
@@ -588,7 +605,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             // destroy the close frame before the client reads it.
             handle.state.borrow_mut().closing = true;
             handle.wake.notify_one();
-            while let Ok(n) = rd.read(&mut buf).await {
+            while let Ok(n) = read_shared(&rd, |_| {}).await {
                 if n == 0 {
                     break;
                 }
@@ -599,8 +616,13 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
         let handle = handle.clone();
         let wcore = core.clone();
         async move {
-            let mut batch: Vec<Bytes> = Vec::with_capacity(256);
+            let mut batch: Vec<Bytes> = Vec::new();
             loop {
+                if batch.capacity() > 64 {
+                    // A burst is over: an idle connection keeps no large buffers.
+                    batch = Vec::new();
+                    handle.state.borrow_mut().shrink_idle();
+                }
                 handle.wake.notified().await;
                 loop {
                     let closing = {
@@ -653,6 +675,31 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
     core.remove_session(handle.state.borrow().id);
 }
 
+thread_local! {
+    /// One read buffer per core, shared by all its connections: clients send a few small
+    /// requests, so a buffer per connection would be almost all of an idle connection's
+    /// memory. Bytes are handed to the connection's decoder as soon as they are read.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+}
+
+/// Waits until the socket is readable, reads what it has into the core's buffer and hands
+/// it to `f`. Returns the bytes read (0 at end of stream).
+async fn read_shared(rd: &tokio::net::tcp::OwnedReadHalf, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    loop {
+        rd.readable().await?;
+        let r = READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let n = rd.try_read(&mut b[..])?;
+            f(&b[..n]);
+            Ok::<usize, std::io::Error>(n)
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Writes every buffer with vectored writes; returns bytes written.
 async fn write_batch(wr: &mut tokio::net::tcp::OwnedWriteHalf, batch: &mut Vec<Bytes>) -> std::io::Result<usize> {
     let total: usize = batch.iter().map(Bytes::len).sum();
@@ -689,6 +736,9 @@ fn on_message(core: &Rc<Core>, handle: &SessionHandle, msg: ws::Message) -> bool
         ws::Message::Text(t) => {
             let now = Instant::now();
             st.handle_text(core, &t, now, tickmesh_codec::now_ns());
+            if std::mem::take(&mut st.subs_changed) {
+                core.reindex(st.id, &st.subs);
+            }
             !st.closing
         }
         ws::Message::Binary(_) => {
