@@ -562,7 +562,7 @@ fn join_lines(lines: &mut Vec<Bytes>) -> Bytes {
 
 /// Runs one upgraded connection until it closes.
 pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, handle: Rc<SessionHandle>) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let reader = {
         let core = core.clone();
         let handle = handle.clone();
