@@ -55,6 +55,11 @@ pub struct GatewayConfig {
     /// Client requests per second allowed (burst of the same size); above it the
     /// connection is closed with 4029. Default 50.
     pub max_requests_per_sec: u32,
+    /// How sessions write to their sockets: `epoll` (tokio, one `writev` per socket per
+    /// wake-up) or `io_uring` (one submission per core per dispatch round; needs the
+    /// `io-uring` cargo feature and a kernel that allows io_uring). Default `epoll`, the
+    /// faster of the two on the machine measured in docs/gateway.md.
+    pub io_backend: String,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +74,7 @@ impl Default for GatewayConfig {
             slow_ms: 5_000,
             socket_send_buffer: 256 * 1024,
             max_requests_per_sec: 50,
+            io_backend: "epoll".into(),
         }
     }
 }
@@ -113,6 +119,14 @@ impl GatewayConfig {
                 "gateway.socket_send_buffer = {} is too small; use 0 (OS default) or at least 4096 (default 262144)",
                 self.socket_send_buffer
             ));
+        }
+        match self.io_backend.as_str() {
+            "epoll" => {}
+            "io_uring" if cfg!(feature = "io-uring") => {}
+            "io_uring" => problems.push(
+                "gateway.io_backend = \"io_uring\" but this build has no io_uring support; rebuild with `--features io-uring` or use \"epoll\"".into(),
+            ),
+            other => problems.push(format!("gateway.io_backend = {other:?} is not known; use \"epoll\" or \"io_uring\"")),
         }
         if self.max_requests_per_sec == 0 {
             problems.push("gateway.max_requests_per_sec is 0; use at least 1 (default 50)".into());

@@ -45,6 +45,9 @@ pub(crate) struct Core {
     /// Books of the `book` channel, at this core's position.
     pub(crate) books: RefCell<crate::books::CoreBooks>,
     next_id: std::cell::Cell<u64>,
+    /// The core's ring when `gateway.io_backend = "io_uring"`.
+    #[cfg(feature = "io-uring")]
+    pub(crate) uring: Option<Rc<crate::uring::Uring>>,
 }
 
 thread_local! {
@@ -231,6 +234,19 @@ pub(crate) async fn run_core(
         subindex: RefCell::new(SubIndex::default()),
         subscribers: RefCell::new(HashMap::new()),
         next_id: std::cell::Cell::new(0),
+        #[cfg(feature = "io-uring")]
+        uring: if cfg.io_backend == "io_uring" {
+            match crate::uring::Uring::start() {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    // Gateway::start probed the kernel; a failure here is resource exhaustion.
+                    tracing::error!(core = index, error = %e, "gw-core cannot create its io_uring; stopping this core");
+                    return;
+                }
+            }
+        } else {
+            None
+        },
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
     let listener = match tokio::net::TcpListener::from_std(listener) {

@@ -8,6 +8,7 @@
 //!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
 //! * `session`: one connection: protocol state, outbound queue, vectored writes.
 //! * `subindex`: per-core subscriber index, so a record touches only its subscribers.
+//! * `uring` (feature `io-uring`): socket writes through one io_uring per core.
 //! * [`protocol`]: requests and replies of PROTOCOL.md, no I/O.
 //! * [`ws`]: WebSocket frames (RFC 6455), sans-I/O.
 //! * [`auth`]: JWT verification (HS256, EdDSA) and entitlements.
@@ -30,6 +31,8 @@ pub mod protocol;
 mod session;
 pub mod shared;
 mod subindex;
+#[cfg(feature = "io-uring")]
+mod uring;
 pub mod ws;
 
 pub use config::{GatewayConfig, SlowPolicy};
@@ -61,6 +64,14 @@ impl Gateway {
         cfg.validate(&mut problems);
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
+        }
+        #[cfg(feature = "io-uring")]
+        if cfg.io_backend == "io_uring" {
+            uring::probe().map_err(|e| {
+                Error::Config(format!(
+                    "gateway.io_backend = \"io_uring\" but the kernel refused io_uring ({e}); allow it (sysctl kernel.io_uring_disabled=0) or use \"epoll\""
+                ))
+            })?;
         }
         let cores = cfg.worker_cores();
         let listeners = core::bind_listeners(cfg.listen, cores.len())

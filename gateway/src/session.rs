@@ -639,6 +639,16 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     }
                     let n_msgs = batch.len() as u64;
                     handle.state.borrow_mut().write_started = Some(Instant::now());
+                    #[cfg(feature = "io-uring")]
+                    let result = match &wcore.uring {
+                        Some(ring) => {
+                            let (r, back) = crate::uring::write_all(ring, &wr, std::mem::take(&mut batch)).await;
+                            batch = back;
+                            r
+                        }
+                        None => write_batch(&mut wr, &mut batch).await,
+                    };
+                    #[cfg(not(feature = "io-uring"))]
                     let result = write_batch(&mut wr, &mut batch).await;
                     {
                         let mut st = handle.state.borrow_mut();

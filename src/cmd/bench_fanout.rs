@@ -101,8 +101,9 @@ pub struct FanoutOptions {
     pub systems: Vec<System>,
     /// Write results as JSON here.
     pub json: Option<PathBuf>,
-    /// `gateway.io_backend` of the tickmesh server (None: its default).
-    pub io_backend: Option<String>,
+    /// `gateway.io_backend` values to run the tickmesh server with, one row each (empty:
+    /// its default).
+    pub io_backends: Vec<String>,
 }
 
 /// Command line of `tickmesh bench fanout`.
@@ -123,9 +124,10 @@ pub struct FanoutArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// `gateway.io_backend` of the tickmesh server: epoll or io_uring (default: the gateway's default).
-    #[arg(long)]
-    pub io_backend: Option<String>,
+    /// `gateway.io_backend` of the tickmesh server, comma-separated for one row each:
+    /// epoll, io_uring (default: the gateway's default).
+    #[arg(long, value_delimiter = ',')]
+    pub io_backend: Vec<String>,
 }
 
 impl FanoutArgs {
@@ -138,7 +140,7 @@ impl FanoutArgs {
             seconds: self.seconds,
             systems,
             json: self.json,
-            io_backend: self.io_backend,
+            io_backends: self.io_backend,
         })
     }
 }
@@ -167,6 +169,8 @@ pub fn serve_args(args: ServerArgs) -> anyhow::Result<()> {
 pub struct CaseResult {
     /// Server.
     pub system: System,
+    /// The tickmesh server's `gateway.io_backend`, when given.
+    pub io_backend: Option<String>,
     /// Clients connected.
     pub clients: usize,
     /// Messages offered per second, all clients together.
@@ -188,9 +192,17 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    fn label(&self) -> String {
+        match &self.io_backend {
+            Some(b) => format!("{} ({b})", self.system.label()),
+            None => self.system.label().to_owned(),
+        }
+    }
+
     fn skipped(system: System, clients: usize, why: String) -> Self {
         CaseResult {
             system,
+            io_backend: None,
             clients,
             offered_per_sec: 0.0,
             delivered_per_sec: 0.0,
@@ -500,9 +512,10 @@ fn serve_tickmesh(
     let mut verifier = Verifier::new();
     verifier.add_hs256(&secret);
     let shared = Arc::new(tickmesh_gateway::GatewayShared::new("bench", verifier, Box::new(String::new)));
-    let cfg = tickmesh_gateway::GatewayConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() };
+    let mut cfg =
+        tickmesh_gateway::GatewayConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() };
     if let Some(b) = io_backend {
-        bail!("--io-backend {b}: this build has only the default backend");
+        cfg.io_backend = b;
     }
     let (gw, mut fanout) = tickmesh_gateway::Gateway::start(cfg, shared, axum::Router::new())?;
     let claims = Claims {
@@ -1035,8 +1048,13 @@ fn start_publishing(server: &mut Server, rate: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_case(system: System, clients: usize, opts: &FanoutOptions) -> anyhow::Result<CaseResult> {
-    let mut server = start_server(system, opts.rate, opts.io_backend.as_deref())?;
+async fn run_case(
+    system: System,
+    io_backend: Option<&str>,
+    clients: usize,
+    opts: &FanoutOptions,
+) -> anyhow::Result<CaseResult> {
+    let mut server = start_server(system, opts.rate, io_backend)?;
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = rss_bytes(pid);
@@ -1097,6 +1115,7 @@ async fn run_case(system: System, clients: usize, opts: &FanoutOptions) -> anyho
     let per_conn = |rss: u64| rss.saturating_sub(base) as f64 / clients as f64;
     Ok(CaseResult {
         system,
+        io_backend: io_backend.map(str::to_owned),
         clients,
         offered_per_sec: f64::from(opts.rate) * clients as f64,
         delivered_per_sec: stats.delivered.get() as f64 / secs,
@@ -1147,12 +1166,12 @@ pub fn table(results: &[CaseResult], rate: u32) -> String {
     t.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         if let Some(why) = &r.skipped {
-            t.push_str(&format!("| {} | {} | {why} | | | | | | |\n", r.system.label(), r.clients));
+            t.push_str(&format!("| {} | {} | {why} | | | | | | |\n", r.label(), r.clients));
             continue;
         }
         t.push_str(&format!(
             "| {} | {} | {} | {:.0}% | {} | {} | {} | {} | {} |\n",
-            r.system.label(),
+            r.label(),
             r.clients,
             human_rate(r.delivered_per_sec),
             100.0 * r.delivered_per_sec / r.offered_per_sec.max(1.0),
@@ -1168,15 +1187,18 @@ pub fn table(results: &[CaseResult], rate: u32) -> String {
     counts.dedup();
     let mut ratios = String::new();
     for n in counts {
-        let Some(tm) = find(System::Tickmesh, n) else { continue };
-        for other in [System::Naive, System::Nats, System::Raw] {
-            let Some(o) = find(other, n) else { continue };
-            ratios.push_str(&format!(
-                "| tickmesh / {} | {n} | {:.2}x | | | | | {:.2}x | |\n",
-                other.name(),
-                tm.delivered_per_sec / o.delivered_per_sec.max(1.0),
-                tm.mem_per_conn_idle / o.mem_per_conn_idle.max(1.0),
-            ));
+        let tms = results.iter().filter(|r| r.system == System::Tickmesh && r.clients == n && r.skipped.is_none());
+        for tm in tms {
+            for other in [System::Naive, System::Nats, System::Raw] {
+                let Some(o) = find(other, n) else { continue };
+                ratios.push_str(&format!(
+                    "| {} / {} | {n} | {:.2}x | | | | | {:.2}x | |\n",
+                    tm.label(),
+                    other.name(),
+                    tm.delivered_per_sec / o.delivered_per_sec.max(1.0),
+                    tm.mem_per_conn_idle / o.mem_per_conn_idle.max(1.0),
+                ));
+            }
         }
     }
     if !ratios.is_empty() {
@@ -1201,24 +1223,34 @@ pub fn run(opts: FanoutOptions) -> anyhow::Result<()> {
         let mut results = Vec::new();
         for &n in &opts.clients {
             for &system in &opts.systems {
-                eprintln!("bench fanout: {} with {n} clients", system.name());
-                let r = match run_case(system, n, &opts).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("bench fanout: {} with {n} clients: {e:#}", system.name());
-                        let msg = format!("{e:#}");
-                        let msg = if msg.starts_with("nats: not installed") { msg } else { format!("failed: {msg}") };
-                        CaseResult::skipped(system, n, msg)
-                    }
+                let backends: Vec<Option<&str>> = if system == System::Tickmesh && !opts.io_backends.is_empty() {
+                    opts.io_backends.iter().map(|b| Some(b.as_str())).collect()
+                } else {
+                    vec![None]
                 };
-                results.push(r);
+                for backend in backends {
+                    eprintln!("bench fanout: {} {} with {n} clients", system.name(), backend.unwrap_or(""));
+                    let r = match run_case(system, backend, n, &opts).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("bench fanout: {} with {n} clients: {e:#}", system.name());
+                            let msg = format!("{e:#}");
+                            let msg =
+                                if msg.starts_with("nats: not installed") { msg } else { format!("failed: {msg}") };
+                            let mut r = CaseResult::skipped(system, n, msg);
+                            r.io_backend = backend.map(str::to_owned);
+                            r
+                        }
+                    };
+                    results.push(r);
+                }
             }
         }
         results
     });
     print!("{}", table(&results, opts.rate));
     if let Some(path) = &opts.json {
-        let v = serde_json::json!({"rate": opts.rate, "seconds": opts.seconds, "io_backend": opts.io_backend, "results": results});
+        let v = serde_json::json!({"rate": opts.rate, "seconds": opts.seconds, "io_backends": opts.io_backends, "results": results});
         std::fs::write(path, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
