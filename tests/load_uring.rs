@@ -130,7 +130,7 @@ async fn run_backend(backend: &str) -> bool {
                 let b = trade(msft, "MSFT");
                 fanout.publish(&tickmesh_codec::access_untrusted(&b).unwrap());
             }
-            if seq % 50 == 0 {
+            if seq.is_multiple_of(50) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

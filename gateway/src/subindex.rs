@@ -175,7 +175,9 @@ mod tests {
             let mut s = Subscriptions::default();
             for (i, p) in patterns.iter().enumerate() {
                 for (j, c) in channels.iter().enumerate() {
-                    if (id.wrapping_mul(2654435761) >> (i * 4 + j)) & 1 == 1 && (id + i as u64 + j as u64) % 3 == 0 {
+                    if (id.wrapping_mul(2654435761) >> (i * 4 + j)) & 1 == 1
+                        && (id + i as u64 + j as u64).is_multiple_of(3)
+                    {
                         s.add(&[c], &[p.to_string()]);
                     }
                 }
