@@ -169,7 +169,7 @@ fn unknown_backend_is_refused_with_the_choices() {
     cfg.validate(&mut problems);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains("gateway.io_backend") && problems[0].contains("\"epoll\" or \"io_uring\""),
+        problems[0].contains("gateway.io_backend") && problems[0].contains("\"auto\", \"epoll\" or \"io_uring\""),
         "{problems:?}"
     );
 }

@@ -56,9 +56,10 @@ pub struct GatewayConfig {
     /// connection is closed with 4029. Default 50.
     pub max_requests_per_sec: u32,
     /// How sessions write to their sockets: `epoll` (tokio, one `writev` per socket per
-    /// wake-up) or `io_uring` (one submission per core per dispatch round; needs the
-    /// `io-uring` cargo feature and a kernel that allows io_uring). Default `epoll`, the
-    /// faster of the two on the machine measured in docs/gateway.md.
+    /// wake-up), `io_uring` (one submission per core per dispatch round; needs the
+    /// `io-uring` cargo feature and a kernel that allows io_uring, else start-up fails), or
+    /// `auto`: io_uring where the build has it and the kernel allows it, epoll otherwise.
+    /// Default `auto`: io_uring was the faster in docs/gateway.md.
     pub io_backend: String,
 }
 
@@ -74,7 +75,7 @@ impl Default for GatewayConfig {
             slow_ms: 5_000,
             socket_send_buffer: 256 * 1024,
             max_requests_per_sec: 50,
-            io_backend: "epoll".into(),
+            io_backend: "auto".into(),
         }
     }
 }
@@ -121,15 +122,24 @@ impl GatewayConfig {
             ));
         }
         match self.io_backend.as_str() {
-            "epoll" => {}
+            "epoll" | "auto" => {}
             "io_uring" if cfg!(feature = "io-uring") => {}
             "io_uring" => problems.push(
                 "gateway.io_backend = \"io_uring\" but this build has no io_uring support; rebuild with `--features io-uring` or use \"epoll\"".into(),
             ),
-            other => problems.push(format!("gateway.io_backend = {other:?} is not known; use \"epoll\" or \"io_uring\"")),
+            other => problems.push(format!("gateway.io_backend = {other:?} is not known; use \"auto\", \"epoll\" or \"io_uring\"")),
         }
         if self.max_requests_per_sec == 0 {
             problems.push("gateway.max_requests_per_sec is 0; use at least 1 (default 50)".into());
+        }
+    }
+
+    /// The backend `io_backend` selects on this build and kernel: `auto` resolved.
+    pub fn resolved_io_backend(&self) -> &str {
+        match self.io_backend.as_str() {
+            "auto" if cfg!(feature = "io-uring") && crate::io_uring_allowed() => "io_uring",
+            "auto" => "epoll",
+            other => other,
         }
     }
 

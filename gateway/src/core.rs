@@ -19,10 +19,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::GatewayConfig;
-use crate::fanout::CoreMsg;
+use crate::fanout::{CoreMsg, Encoded};
 use crate::session::{self, ConnectParams, SessionHandle};
 use crate::shared::GatewayShared;
 use crate::subindex::SubIndex;
+
+/// Most records sent to a session as one concatenated frame buffer.
+const MAX_RUN: usize = 256;
 
 /// Subscribers of one (channel, symbol), resolved to their handles; channel None means any
 /// channel (venue gaps).
@@ -128,50 +131,136 @@ impl Core {
     fn dispatch(&self, batch: &[CoreMsg], dirty: &mut Vec<Rc<SessionHandle>>) -> bool {
         let now = Instant::now();
         let mut stop = false;
-        for msg in batch {
-            match msg {
-                CoreMsg::Record(enc) => {
-                    {
-                        let mut p = self.positions.borrow_mut();
-                        let e = p.entry(enc.src).or_insert(0);
-                        *e = (*e).max(enc.seq);
-                    }
-                    let channel = enc.kind.channel();
-                    // A venue gap reaches subscribers of the symbol on any channel.
-                    let subs = match (enc.venue_gap, channel) {
-                        (true, _) => Some(self.subscribers_of(None, enc.sym)),
-                        (false, Some(c)) => Some(self.subscribers_of(Some(c), enc.sym)),
-                        (false, None) => None,
-                    };
-                    let subs: &[Rc<SessionHandle>] = subs.as_deref().unwrap_or(&[]);
-                    // Books are kept whoever subscribes: snapshots need them later.
-                    let frames = match &enc.level {
-                        Some(level) => {
-                            let mut depths: Vec<u32> = Vec::new();
-                            for s in subs {
-                                let st = s.state.borrow();
-                                if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
-                                    depths.push(st.book_depth);
-                                }
-                            }
-                            self.books.borrow_mut().apply(enc, level, &depths)
-                        }
-                        None => Vec::new(),
-                    };
-                    for s in subs {
-                        let mut st = s.state.borrow_mut();
-                        let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
-                        if st.offer(enc, frame, self.cfg.slow_bytes, now) && !s.marked.replace(true) {
-                            dirty.push(s.clone());
-                        }
-                    }
-                    let lat = tickmesh_codec::now_ns().saturating_sub(enc.ts_ingest);
-                    metrics::histogram!("tickmesh_gateway_ingest_to_dispatch_seconds").record(lat as f64 / 1e9);
+        let mut run: Vec<&Arc<Encoded>> = Vec::new();
+        let mut i = 0;
+        while i < batch.len() {
+            let enc = match &batch[i] {
+                CoreMsg::Record(enc) => enc,
+                CoreMsg::Shutdown => {
+                    stop = true;
+                    i += 1;
+                    continue;
                 }
-                CoreMsg::Shutdown => stop = true,
+            };
+            // Consecutive plain records of one (channel, symbol) share their subscribers:
+            // they go out as one concatenation of their frames, one queue entry per session.
+            if let (Some(c), None, false) = (enc.kind.channel(), &enc.level, enc.venue_gap) {
+                run.clear();
+                run.push(enc);
+                while let Some(CoreMsg::Record(next)) = batch.get(i + run.len()) {
+                    let same = next.kind.channel() == Some(c)
+                        && next.sym == enc.sym
+                        && next.level.is_none()
+                        && !next.venue_gap;
+                    if !same || run.len() >= MAX_RUN {
+                        break;
+                    }
+                    run.push(next);
+                }
+                if run.len() > 1 {
+                    let subs = self.subscribers_of(Some(c), enc.sym);
+                    self.dispatch_run(&run, &subs, now, dirty);
+                    i += run.len();
+                    continue;
+                }
             }
+            self.dispatch_one(enc, now, dirty);
+            i += 1;
         }
         stop
+    }
+
+    fn note_position(&self, enc: &Encoded) {
+        let mut p = self.positions.borrow_mut();
+        let e = p.entry(enc.src).or_insert(0);
+        *e = (*e).max(enc.seq);
+    }
+
+    fn note_dispatched(enc: &Encoded) {
+        let lat = tickmesh_codec::now_ns().saturating_sub(enc.ts_ingest);
+        metrics::histogram!("tickmesh_gateway_ingest_to_dispatch_seconds").record(lat as f64 / 1e9);
+    }
+
+    /// Offers a run of records of one (channel, symbol). A session in the plain state
+    /// (not slow, not resuming, not batching, no pending gap) takes the run as one frame
+    /// buffer; any other session gets the records one by one through the full policy.
+    fn dispatch_run(
+        &self,
+        run: &[&Arc<Encoded>],
+        subs: &[Rc<SessionHandle>],
+        now: Instant,
+        dirty: &mut Vec<Rc<SessionHandle>>,
+    ) {
+        for enc in run {
+            self.note_position(enc);
+        }
+        let concat = |f: fn(&Encoded) -> &Bytes| {
+            let mut v = Vec::with_capacity(run.iter().map(|e| f(e).len()).sum());
+            for e in run {
+                v.extend_from_slice(f(e));
+            }
+            Bytes::from(v)
+        };
+        let mut json: Option<Bytes> = None;
+        let mut binary: Option<Bytes> = None;
+        for s in subs {
+            let mut st = s.state.borrow_mut();
+            let (slot, pick): (&mut Option<Bytes>, fn(&Encoded) -> &Bytes) = match st.params.encoding {
+                crate::session::Encoding::Json => (&mut json, |e| &e.json_frame),
+                crate::session::Encoding::Binary => (&mut binary, |e| &e.binary_frame),
+            };
+            let len = run.iter().map(|e| pick(e).len()).sum();
+            let queued = if st.takes_run_whole(run, len, self.cfg.slow_bytes, now) {
+                st.push_frame(slot.get_or_insert_with(|| concat(pick)).clone());
+                true
+            } else {
+                let mut any = false;
+                for enc in run {
+                    any |= st.offer(enc, None, self.cfg.slow_bytes, now);
+                }
+                any
+            };
+            if queued && !s.marked.replace(true) {
+                dirty.push(s.clone());
+            }
+        }
+        for enc in run {
+            Self::note_dispatched(enc);
+        }
+    }
+
+    fn dispatch_one(&self, enc: &Arc<Encoded>, now: Instant, dirty: &mut Vec<Rc<SessionHandle>>) {
+        self.note_position(enc);
+        let channel = enc.kind.channel();
+        // A venue gap reaches subscribers of the symbol on any channel.
+        let subs = match (enc.venue_gap, channel) {
+            (true, _) => Some(self.subscribers_of(None, enc.sym)),
+            (false, Some(c)) => Some(self.subscribers_of(Some(c), enc.sym)),
+            (false, None) => None,
+        };
+        let subs: &[Rc<SessionHandle>] = subs.as_deref().unwrap_or(&[]);
+        // Books are kept whoever subscribes: snapshots need them later.
+        let frames = match &enc.level {
+            Some(level) => {
+                let mut depths: Vec<u32> = Vec::new();
+                for s in subs {
+                    let st = s.state.borrow();
+                    if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
+                        depths.push(st.book_depth);
+                    }
+                }
+                self.books.borrow_mut().apply(enc, level, &depths)
+            }
+            None => Vec::new(),
+        };
+        for s in subs {
+            let mut st = s.state.borrow_mut();
+            let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
+            if st.offer(enc, frame, self.cfg.slow_bytes, now) && !s.marked.replace(true) {
+                dirty.push(s.clone());
+            }
+        }
+        Self::note_dispatched(enc);
     }
 
     fn heartbeats(&self) {

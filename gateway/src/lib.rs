@@ -48,6 +48,14 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::fanout::CoreMsg;
 
+/// True if this build has the io_uring backend and the kernel grants a ring.
+pub(crate) fn io_uring_allowed() -> bool {
+    #[cfg(feature = "io-uring")]
+    return uring::probe().is_ok();
+    #[cfg(not(feature = "io-uring"))]
+    false
+}
+
 /// A running gateway: its worker threads and their channels.
 #[derive(Debug)]
 pub struct Gateway {
@@ -65,6 +73,8 @@ impl Gateway {
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
+        let mut cfg = cfg;
+        cfg.io_backend = cfg.resolved_io_backend().to_owned();
         #[cfg(feature = "io-uring")]
         if cfg.io_backend == "io_uring" {
             uring::probe().map_err(|e| {

@@ -223,6 +223,27 @@ impl SessionState {
         true
     }
 
+    /// True if this session can take `run` (records it is subscribed to, `len` bytes of
+    /// frames) as one buffer: exactly what [`SessionState::offer`] would queue record by
+    /// record, because none of its per-record rules applies now.
+    pub(crate) fn takes_run_whole(&self, run: &[&Arc<Encoded>], len: usize, slow_bytes: usize, now: Instant) -> bool {
+        if self.closing || self.conflating || self.params.batch || !self.dropped.is_empty() {
+            return false;
+        }
+        if self.out_bytes + len > slow_bytes
+            || self.write_started.is_some_and(|t| now.duration_since(t) > self.slow_after)
+        {
+            return false;
+        }
+        run.iter().all(|e| !self.replaying.contains(&e.src) && self.floors.get(&e.src).is_none_or(|f| e.seq > *f))
+    }
+
+    /// Queues a prebuilt data frame buffer (see [`SessionState::takes_run_whole`]).
+    pub(crate) fn push_frame(&mut self, f: Bytes) {
+        self.out_bytes += f.len();
+        self.out.push_back(Out::Frame(f));
+    }
+
     /// The client is over its bound: apply its slow-consumer policy.
     fn overflow(&mut self, enc: &Arc<Encoded>, json: bool) -> bool {
         match self.slow {
@@ -919,6 +940,58 @@ mod tests {
         );
         let b = rec.to_bytes();
         Arc::new(Encoded::new(&access_untrusted(&b).unwrap(), &mut Vec::new()))
+    }
+
+    fn trade(seq: u64) -> Arc<Encoded> {
+        let rec = tickmesh_codec::Record::new(
+            Meta {
+                src: SourceId::new("COINBASE").unwrap(),
+                seq: Seq(seq),
+                instrument: InstrumentId(1),
+                sym: Symbol::new("BTC-USD").unwrap(),
+                ts_event: 1,
+                ts_ingest: 2,
+            },
+            Body::Trade(tickmesh_codec::Trade {
+                px: tickmesh_codec::Px(1),
+                qty: tickmesh_codec::Qty(1),
+                side: tickmesh_codec::Side::Buy,
+                match_id: seq,
+            }),
+        );
+        let b = rec.to_bytes();
+        Arc::new(Encoded::new(&access_untrusted(&b).unwrap(), &mut Vec::new()))
+    }
+
+    #[test]
+    fn a_run_is_taken_whole_only_when_no_per_record_rule_applies() {
+        let mut st = state();
+        st.subs.add(&["trades"], &["BTC-USD".into()]);
+        let run: Vec<Arc<Encoded>> = (5..=7).map(trade).collect();
+        let refs: Vec<&Arc<Encoded>> = run.iter().collect();
+        let len: usize = run.iter().map(|e| e.json_frame.len()).sum();
+        let now = Instant::now();
+        let src = SourceId::new("COINBASE").unwrap();
+        assert!(st.takes_run_whole(&refs, len, 1 << 20, now));
+        assert!(!st.takes_run_whole(&refs, len, len - 1, now), "over the slow bound");
+        st.floors.insert(src, 6);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "a record at or below the resume floor");
+        st.floors.insert(src, 4);
+        assert!(st.takes_run_whole(&refs, len, 1 << 20, now), "all above the floor");
+        st.replaying.insert(src);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "source being replayed");
+        st.replaying.clear();
+        st.conflating = true;
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "conflating");
+        st.conflating = false;
+        st.dropped.insert(src, (1, 2));
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "a gap must go out first");
+        st.dropped.clear();
+        st.params.batch = true;
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "batch=1 joins lines instead");
+        st.params.batch = false;
+        st.write_started = Some(now);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now + Duration::from_secs(60)), "stuck writer");
     }
 
     fn texts(st: &mut SessionState) -> Vec<String> {
