@@ -211,7 +211,7 @@ impl Core {
             };
             let len = run.iter().map(|e| pick(e).len()).sum();
             let queued = if st.takes_run_whole(run, len, self.cfg.slow_bytes, now) {
-                st.push_frame(slot.get_or_insert_with(|| concat(pick)).clone());
+                st.push_frames(slot.get_or_insert_with(|| concat(pick)).clone(), run.len());
                 true
             } else {
                 let mut any = false;

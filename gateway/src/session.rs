@@ -100,12 +100,14 @@ enum Out {
     Frame(Bytes),
     /// A data message for a batching JSON client: JSON text without frame header.
     Line(Bytes),
+    /// Several complete frames back to back (a run of records), and how many.
+    Frames(Bytes, u32),
 }
 
 impl Out {
     fn len(&self) -> usize {
         match self {
-            Out::Frame(b) | Out::Line(b) => b.len(),
+            Out::Frame(b) | Out::Line(b) | Out::Frames(b, _) => b.len(),
         }
     }
 }
@@ -238,10 +240,10 @@ impl SessionState {
         run.iter().all(|e| !self.replaying.contains(&e.src) && self.floors.get(&e.src).is_none_or(|f| e.seq > *f))
     }
 
-    /// Queues a prebuilt data frame buffer (see [`SessionState::takes_run_whole`]).
-    pub(crate) fn push_frame(&mut self, f: Bytes) {
+    /// Queues `count` prebuilt data frames in one buffer (see [`SessionState::takes_run_whole`]).
+    pub(crate) fn push_frames(&mut self, f: Bytes, count: usize) {
         self.out_bytes += f.len();
-        self.out.push_back(Out::Frame(f));
+        self.out.push_back(Out::Frames(f, count as u32));
     }
 
     /// The client is over its bound: apply its slow-consumer policy.
@@ -548,25 +550,34 @@ impl SessionState {
         }
     }
 
-    /// Moves up to `max` queued items into `batch` as frames ready to write.
-    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+    /// Moves up to `max` queued items into `batch` as frames ready to write; returns how
+    /// many WebSocket frames they hold.
+    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> u64 {
         let mut lines: Vec<Bytes> = Vec::new();
+        let mut frames = 0u64;
         while batch.len() < max {
             let Some(item) = self.out.pop_front() else { break };
             self.out_bytes -= item.len();
-            match item {
-                Out::Line(l) => lines.push(l),
-                Out::Frame(f) => {
-                    if !lines.is_empty() {
-                        batch.push(join_lines(&mut lines));
-                    }
-                    batch.push(f);
+            let (f, n) = match item {
+                Out::Line(l) => {
+                    lines.push(l);
+                    continue;
                 }
+                Out::Frame(f) => (f, 1),
+                Out::Frames(f, n) => (f, u64::from(n)),
+            };
+            if !lines.is_empty() {
+                batch.push(join_lines(&mut lines));
+                frames += 1;
             }
+            batch.push(f);
+            frames += n;
         }
         if !lines.is_empty() {
             batch.push(join_lines(&mut lines));
+            frames += 1;
         }
+        frames
     }
 }
 
@@ -655,10 +666,10 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                 }
                 handle.wake.notified().await;
                 loop {
-                    let closing = {
+                    let (closing, n_msgs) = {
                         let mut st = handle.state.borrow_mut();
-                        st.take_batch(&mut batch, 256);
-                        st.closing && st.out.is_empty()
+                        let n = st.take_batch(&mut batch, 256);
+                        (st.closing && st.out.is_empty(), n)
                     };
                     if batch.is_empty() {
                         if closing {
@@ -667,7 +678,6 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                         }
                         break;
                     }
-                    let n_msgs = batch.len() as u64;
                     handle.state.borrow_mut().write_started = Some(Instant::now());
                     #[cfg(feature = "io-uring")]
                     let result = match &wcore.uring {
