@@ -156,3 +156,33 @@ impl GatewayConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(io_backend: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        GatewayConfig { io_backend: io_backend.into(), ..Default::default() }.validate(&mut p);
+        p
+    }
+
+    #[test]
+    fn io_backend_is_checked_against_the_build() {
+        assert!(problems("epoll").is_empty());
+        assert!(problems("auto").is_empty());
+        let p = problems("io_uring");
+        if cfg!(feature = "io-uring") {
+            assert!(p.is_empty(), "{p:?}");
+        } else {
+            assert!(p.len() == 1 && p[0].contains("--features io-uring"), "{p:?}");
+        }
+        let p = problems("uring");
+        assert!(p.len() == 1 && p[0].contains("\"auto\", \"epoll\" or \"io_uring\""), "{p:?}");
+        // auto never names a backend this build lacks.
+        let auto = GatewayConfig::default();
+        let resolved = auto.resolved_io_backend();
+        assert!(resolved == "epoll" || (cfg!(feature = "io-uring") && resolved == "io_uring"), "{resolved}");
+        assert_eq!(GatewayConfig { io_backend: "epoll".into(), ..Default::default() }.resolved_io_backend(), "epoll");
+    }
+}
