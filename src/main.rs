@@ -157,6 +157,11 @@ enum BenchCmd {
         #[arg(long, default_value = "off")]
         wan: String,
     },
+    /// One stream to 100, 1,000 and 10,000 clients: raw TCP, naive tokio-tungstenite, NATS, tickmesh.
+    Fanout(tickmesh::cmd::bench_fanout::FanoutArgs),
+    /// One server of `bench fanout`, run as its child process.
+    #[command(hide = true)]
+    FanoutServer(tickmesh::cmd::bench_fanout::ServerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +275,8 @@ fn main() -> anyhow::Result<()> {
             init_tracing(None);
             tickmesh::cmd::router::run(args)
         }
+        Cmd::Bench { cmd: BenchCmd::Fanout(args) } => tickmesh::cmd::bench_fanout::run(args.into_options()?),
+        Cmd::Bench { cmd: BenchCmd::FanoutServer(args) } => tickmesh::cmd::bench_fanout::serve_args(args),
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {
             let secret = std::fs::read(&key).with_context(|| format!("reading the key file {}", key.display()))?;
             let secret = String::from_utf8_lossy(&secret).trim_end().as_bytes().to_vec();

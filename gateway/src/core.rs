@@ -3,24 +3,33 @@
 //!
 //! Records arrive from the fan-out over an unbounded tokio channel per core (lock-free
 //! linked blocks, one wake per batch). The dispatcher drains everything pending, offers each
-//! record to each session, then wakes the sessions that got something: one write per
-//! socket per wake-up however many records arrived.
+//! record to the sessions subscribed to its (channel, symbol) only (the [`SubIndex`], with
+//! the resolved session list cached per key), then wakes the sessions that got something:
+//! one write per socket per wake-up however many records arrived.
 
 use bytes::Bytes;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tickmesh_codec::SourceId;
+use tickmesh_codec::{SourceId, Symbol};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::GatewayConfig;
-use crate::fanout::CoreMsg;
+use crate::fanout::{CoreMsg, Encoded};
 use crate::session::{self, ConnectParams, SessionHandle};
 use crate::shared::GatewayShared;
+use crate::subindex::SubIndex;
+
+/// Most records sent to a session as one concatenated frame buffer.
+const MAX_RUN: usize = 256;
+
+/// Subscribers of one (channel, symbol), resolved to their handles; channel None means any
+/// channel (venue gaps).
+type Subscribers = Rc<[Rc<SessionHandle>]>;
 
 /// What one core owns.
 #[derive(Debug)]
@@ -29,11 +38,19 @@ pub(crate) struct Core {
     pub(crate) cfg: GatewayConfig,
     pub(crate) shared: Arc<GatewayShared>,
     sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
+    /// Who takes what: a record touches only its subscribers.
+    subindex: RefCell<SubIndex>,
+    /// `index` lookups resolved to handles, per (channel, symbol); cleared whenever a
+    /// session's subscriptions change or a session leaves.
+    subscribers: RefCell<HashMap<(Option<&'static str>, Symbol), Subscribers>>,
     /// Highest `seq` per source dispatched on this core: what heartbeats report.
     pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
     /// Books of the `book` channel, at this core's position.
     pub(crate) books: RefCell<crate::books::CoreBooks>,
     next_id: std::cell::Cell<u64>,
+    /// The core's ring when `gateway.io_backend = "io_uring"`.
+    #[cfg(feature = "io-uring")]
+    pub(crate) uring: Option<Rc<crate::uring::Uring>>,
 }
 
 thread_local! {
@@ -72,7 +89,27 @@ impl Core {
         });
     }
 
+    /// Re-indexes session `id` after its subscriptions changed.
+    pub(crate) fn reindex(&self, id: u64, subs: &crate::protocol::Subscriptions) {
+        self.subindex.borrow_mut().set(id, subs);
+        self.subscribers.borrow_mut().clear();
+    }
+
+    /// The sessions subscribed to `sym` on `channel` (any channel when None).
+    fn subscribers_of(&self, channel: Option<&'static str>, sym: Symbol) -> Subscribers {
+        if let Some(s) = self.subscribers.borrow().get(&(channel, sym)) {
+            return s.clone();
+        }
+        let ids = self.subindex.borrow().subscribers(channel, sym.as_str());
+        let sessions = self.sessions.borrow();
+        let list: Subscribers = ids.iter().filter_map(|id| sessions.get(id).cloned()).collect();
+        self.subscribers.borrow_mut().insert((channel, sym), list.clone());
+        list
+    }
+
     pub(crate) fn remove_session(&self, id: u64) {
+        self.subindex.borrow_mut().remove(id);
+        self.subscribers.borrow_mut().clear();
         if self.sessions.borrow_mut().remove(&id).is_some() {
             metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).decrement(1.0);
         }
@@ -92,45 +129,138 @@ impl Core {
     }
 
     fn dispatch(&self, batch: &[CoreMsg], dirty: &mut Vec<Rc<SessionHandle>>) -> bool {
-        let sessions = self.sessions.borrow();
         let now = Instant::now();
         let mut stop = false;
-        let mut marks: BTreeMap<u64, ()> = BTreeMap::new();
-        for msg in batch {
-            match msg {
-                CoreMsg::Record(enc) => {
-                    {
-                        let mut p = self.positions.borrow_mut();
-                        let e = p.entry(enc.src).or_insert(0);
-                        *e = (*e).max(enc.seq);
-                    }
-                    let frames = match &enc.level {
-                        Some(level) => {
-                            let mut depths: Vec<u32> = Vec::new();
-                            for s in sessions.values() {
-                                let st = s.state.borrow();
-                                if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
-                                    depths.push(st.book_depth);
-                                }
-                            }
-                            self.books.borrow_mut().apply(enc, level, &depths)
-                        }
-                        None => Vec::new(),
-                    };
-                    for (id, s) in sessions.iter() {
-                        let mut st = s.state.borrow_mut();
-                        let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
-                        if st.offer(enc, frame, self.cfg.slow_bytes, now) && marks.insert(*id, ()).is_none() {
-                            dirty.push(s.clone());
-                        }
-                    }
-                    let lat = tickmesh_codec::now_ns().saturating_sub(enc.ts_ingest);
-                    metrics::histogram!("tickmesh_gateway_ingest_to_dispatch_seconds").record(lat as f64 / 1e9);
+        let mut run: Vec<&Arc<Encoded>> = Vec::new();
+        let mut i = 0;
+        while i < batch.len() {
+            let enc = match &batch[i] {
+                CoreMsg::Record(enc) => enc,
+                CoreMsg::Shutdown => {
+                    stop = true;
+                    i += 1;
+                    continue;
                 }
-                CoreMsg::Shutdown => stop = true,
+            };
+            // Consecutive plain records of one (channel, symbol) share their subscribers:
+            // they go out as one concatenation of their frames, one queue entry per session.
+            if let (Some(c), None, false) = (enc.kind.channel(), &enc.level, enc.venue_gap) {
+                run.clear();
+                run.push(enc);
+                while let Some(CoreMsg::Record(next)) = batch.get(i + run.len()) {
+                    let same = next.kind.channel() == Some(c)
+                        && next.sym == enc.sym
+                        && next.level.is_none()
+                        && !next.venue_gap;
+                    if !same || run.len() >= MAX_RUN {
+                        break;
+                    }
+                    run.push(next);
+                }
+                if run.len() > 1 {
+                    let subs = self.subscribers_of(Some(c), enc.sym);
+                    self.dispatch_run(&run, &subs, now, dirty);
+                    i += run.len();
+                    continue;
+                }
             }
+            self.dispatch_one(enc, now, dirty);
+            i += 1;
         }
         stop
+    }
+
+    fn note_position(&self, enc: &Encoded) {
+        let mut p = self.positions.borrow_mut();
+        let e = p.entry(enc.src).or_insert(0);
+        *e = (*e).max(enc.seq);
+    }
+
+    fn note_dispatched(enc: &Encoded) {
+        let lat = tickmesh_codec::now_ns().saturating_sub(enc.ts_ingest);
+        metrics::histogram!("tickmesh_gateway_ingest_to_dispatch_seconds").record(lat as f64 / 1e9);
+    }
+
+    /// Offers a run of records of one (channel, symbol). A session in the plain state
+    /// (not slow, not resuming, not batching, no pending gap) takes the run as one frame
+    /// buffer; any other session gets the records one by one through the full policy.
+    fn dispatch_run(
+        &self,
+        run: &[&Arc<Encoded>],
+        subs: &[Rc<SessionHandle>],
+        now: Instant,
+        dirty: &mut Vec<Rc<SessionHandle>>,
+    ) {
+        for enc in run {
+            self.note_position(enc);
+        }
+        let concat = |f: fn(&Encoded) -> &Bytes| {
+            let mut v = Vec::with_capacity(run.iter().map(|e| f(e).len()).sum());
+            for e in run {
+                v.extend_from_slice(f(e));
+            }
+            Bytes::from(v)
+        };
+        let mut json: Option<Bytes> = None;
+        let mut binary: Option<Bytes> = None;
+        for s in subs {
+            let mut st = s.state.borrow_mut();
+            let (slot, pick): (&mut Option<Bytes>, fn(&Encoded) -> &Bytes) = match st.params.encoding {
+                crate::session::Encoding::Json => (&mut json, |e| &e.json_frame),
+                crate::session::Encoding::Binary => (&mut binary, |e| &e.binary_frame),
+            };
+            let len = run.iter().map(|e| pick(e).len()).sum();
+            let queued = if st.takes_run_whole(run, len, self.cfg.slow_bytes, now) {
+                st.push_frames(slot.get_or_insert_with(|| concat(pick)).clone(), run.len());
+                true
+            } else {
+                let mut any = false;
+                for enc in run {
+                    any |= st.offer(enc, None, self.cfg.slow_bytes, now);
+                }
+                any
+            };
+            if queued && !s.marked.replace(true) {
+                dirty.push(s.clone());
+            }
+        }
+        for enc in run {
+            Self::note_dispatched(enc);
+        }
+    }
+
+    fn dispatch_one(&self, enc: &Arc<Encoded>, now: Instant, dirty: &mut Vec<Rc<SessionHandle>>) {
+        self.note_position(enc);
+        let channel = enc.kind.channel();
+        // A venue gap reaches subscribers of the symbol on any channel.
+        let subs = match (enc.venue_gap, channel) {
+            (true, _) => Some(self.subscribers_of(None, enc.sym)),
+            (false, Some(c)) => Some(self.subscribers_of(Some(c), enc.sym)),
+            (false, None) => None,
+        };
+        let subs: &[Rc<SessionHandle>] = subs.as_deref().unwrap_or(&[]);
+        // Books are kept whoever subscribes: snapshots need them later.
+        let frames = match &enc.level {
+            Some(level) => {
+                let mut depths: Vec<u32> = Vec::new();
+                for s in subs {
+                    let st = s.state.borrow();
+                    if st.wants_json_book(enc) && !depths.contains(&st.book_depth) {
+                        depths.push(st.book_depth);
+                    }
+                }
+                self.books.borrow_mut().apply(enc, level, &depths)
+            }
+            None => Vec::new(),
+        };
+        for s in subs {
+            let mut st = s.state.borrow_mut();
+            let frame = frames.iter().find(|(d, _)| *d == st.book_depth).and_then(|(_, f)| f.as_ref());
+            if st.offer(enc, frame, self.cfg.slow_bytes, now) && !s.marked.replace(true) {
+                dirty.push(s.clone());
+            }
+        }
+        Self::note_dispatched(enc);
     }
 
     fn heartbeats(&self) {
@@ -190,7 +320,22 @@ pub(crate) async fn run_core(
         books: RefCell::new(crate::books::CoreBooks::default()),
         shared,
         sessions: RefCell::new(BTreeMap::new()),
+        subindex: RefCell::new(SubIndex::default()),
+        subscribers: RefCell::new(HashMap::new()),
         next_id: std::cell::Cell::new(0),
+        #[cfg(feature = "io-uring")]
+        uring: if cfg.io_backend == "io_uring" {
+            match crate::uring::Uring::start() {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    // Gateway::start probed the kernel; a failure here is resource exhaustion.
+                    tracing::error!(core = index, error = %e, "gw-core cannot create its io_uring; stopping this core");
+                    return;
+                }
+            }
+        } else {
+            None
+        },
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -228,21 +373,35 @@ pub(crate) async fn run_core(
             hb_core.heartbeats();
         }
     });
-    let mut batch = Vec::with_capacity(1024);
-    let mut dirty = Vec::with_capacity(1024);
-    loop {
-        batch.clear();
-        if rx.recv_many(&mut batch, 1024).await == 0 {
-            break;
+    // The dispatcher is a task like the sessions, not the LocalSet's main future: the main
+    // future is polled between every few dozen tasks, so a dispatcher there starves
+    // thousands of writers under load (their queues fill, and the slow policy drops data
+    // that the socket could have taken). As a task it yields after each round, and the
+    // LocalSet's FIFO run queue runs every writer it woke before the next round.
+    let dcore = core.clone();
+    let dispatcher = tokio::task::spawn_local(async move {
+        let mut batch = Vec::with_capacity(1024);
+        let mut dirty = Vec::with_capacity(1024);
+        loop {
+            batch.clear();
+            if rx.recv_many(&mut batch, 1024).await == 0 {
+                break;
+            }
+            let stop = dcore.dispatch(&batch, &mut dirty);
+            let woke = !dirty.is_empty();
+            for s in dirty.drain(..) {
+                s.marked.set(false);
+                s.wake.notify_one();
+            }
+            if stop {
+                break;
+            }
+            if woke {
+                tokio::task::yield_now().await;
+            }
         }
-        let stop = core.dispatch(&batch, &mut dirty);
-        for s in dirty.drain(..) {
-            s.wake.notify_one();
-        }
-        if stop {
-            break;
-        }
-    }
+    });
+    let _ = dispatcher.await;
     accept.abort();
     heartbeats.abort();
     core.close_all(1001, "server shutting down");

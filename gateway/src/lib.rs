@@ -7,6 +7,8 @@
 //! * `core`: one `gw-core-N` thread per core, pinned, with its own current-thread runtime,
 //!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
 //! * `session`: one connection: protocol state, outbound queue, vectored writes.
+//! * `subindex`: per-core subscriber index, so a record touches only its subscribers.
+//! * `uring` (feature `io-uring`): socket writes through one io_uring per core.
 //! * [`protocol`]: requests and replies of PROTOCOL.md, no I/O.
 //! * [`ws`]: WebSocket frames (RFC 6455), sans-I/O.
 //! * [`auth`]: JWT verification (HS256, EdDSA) and entitlements.
@@ -28,6 +30,9 @@ mod http;
 pub mod protocol;
 mod session;
 pub mod shared;
+mod subindex;
+#[cfg(feature = "io-uring")]
+mod uring;
 pub mod ws;
 
 pub use config::{GatewayConfig, SlowPolicy};
@@ -42,6 +47,14 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::fanout::CoreMsg;
+
+/// True if this build has the io_uring backend and the kernel grants a ring.
+pub(crate) fn io_uring_allowed() -> bool {
+    #[cfg(feature = "io-uring")]
+    return uring::probe().is_ok();
+    #[cfg(not(feature = "io-uring"))]
+    false
+}
 
 /// A running gateway: its worker threads and their channels.
 #[derive(Debug)]
@@ -59,6 +72,16 @@ impl Gateway {
         cfg.validate(&mut problems);
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
+        }
+        let mut cfg = cfg;
+        cfg.io_backend = cfg.resolved_io_backend().to_owned();
+        #[cfg(feature = "io-uring")]
+        if cfg.io_backend == "io_uring" {
+            uring::probe().map_err(|e| {
+                Error::Config(format!(
+                    "gateway.io_backend = \"io_uring\" but the kernel refused io_uring ({e}); allow it (sysctl kernel.io_uring_disabled=0) or use \"epoll\""
+                ))
+            })?;
         }
         let cores = cfg.worker_cores();
         let listeners = core::bind_listeners(cfg.listen, cores.len())

@@ -314,10 +314,27 @@ impl SymbolSet {
     pub fn len(&self) -> usize {
         usize::from(self.all) + self.exact.len() + self.prefixes.len()
     }
+    /// Every entry: `"*"` as the empty prefix, patterns as their prefix, exact symbols.
+    /// The gateway's subscriber index is built from these.
+    pub fn entries(&self) -> impl Iterator<Item = SymbolEntry<'_>> + '_ {
+        let all = self.all.then_some(SymbolEntry::Prefix(""));
+        all.into_iter()
+            .chain(self.prefixes.iter().map(|p| SymbolEntry::Prefix(p.as_str())))
+            .chain(self.exact.iter().map(|e| SymbolEntry::Exact(e.as_str())))
+    }
     /// True when nothing is subscribed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One entry of a [`SymbolSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SymbolEntry<'a> {
+    /// Symbols starting with this prefix (`""` for `"*"`).
+    Prefix(&'a str),
+    /// Exactly this symbol.
+    Exact(&'a str),
 }
 
 /// All subscriptions of a connection, per channel.
@@ -362,6 +379,10 @@ impl Subscriptions {
         let mut c = self.clone();
         c.add(channels, symbols);
         c.len()
+    }
+    /// Each subscribed channel and its symbols.
+    pub fn channels(&self) -> impl Iterator<Item = (&'static str, &SymbolSet)> + '_ {
+        self.by_channel.iter().map(|(c, s)| (*c, s))
     }
     /// True if `sym` is subscribed on any channel.
     pub fn matches_any(&self, sym: &str) -> bool {

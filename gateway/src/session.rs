@@ -3,6 +3,15 @@
 //! The state ([`SessionState`]) is shared between the core's dispatcher (which appends
 //! pre-built frames) and the connection's task (which reads requests and writes the queue).
 //! Both run on the same pinned thread, so it is an `Rc<RefCell<_>>` and never a lock.
+//!
+//! # Why the write path is hand-written
+//! tokio-tungstenite's sink takes an owned `Message` per connection and frames it into that
+//! connection's buffer, so N subscribers cost N frame builds and N copies of every record,
+//! and each `send` flushes. It cannot send a frame that was built once and is shared. Here the
+//! queue holds the fan-out's prebuilt frames (`Bytes`, reference-counted), and the writer
+//! hands a whole wake-up's worth of them to one vectored write (`writev`, or one io_uring
+//! `sendmsg` with the `io-uring` backend). `tickmesh bench fanout` measures the difference
+//! against the usual tokio-tungstenite broadcast server.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -11,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -78,6 +87,8 @@ pub(crate) struct SessionState {
     /// Books that get a fresh `book_snapshot` when conflation ends.
     pending_books: BTreeSet<(SourceId, Symbol)>,
     next_heartbeat: Instant,
+    /// Set when `subs` changed: the core re-indexes the session.
+    pub(crate) subs_changed: bool,
     /// Token bucket for inbound requests.
     tokens: f64,
     tokens_at: Instant,
@@ -89,12 +100,14 @@ enum Out {
     Frame(Bytes),
     /// A data message for a batching JSON client: JSON text without frame header.
     Line(Bytes),
+    /// Several complete frames back to back (a run of records), and how many.
+    Frames(Bytes, u32),
 }
 
 impl Out {
     fn len(&self) -> usize {
         match self {
-            Out::Frame(b) | Out::Line(b) => b.len(),
+            Out::Frame(b) | Out::Line(b) | Out::Frames(b, _) => b.len(),
         }
     }
 }
@@ -104,6 +117,8 @@ impl Out {
 pub(crate) struct SessionHandle {
     pub(crate) state: RefCell<SessionState>,
     pub(crate) wake: Notify,
+    /// Already in the dispatcher's list of sessions to wake this round.
+    pub(crate) marked: std::cell::Cell<bool>,
 }
 
 impl SessionHandle {
@@ -113,7 +128,8 @@ impl SessionHandle {
                 id,
                 params,
                 subs: Subscriptions::default(),
-                out: VecDeque::with_capacity(64),
+                // Grows with the first records; an idle connection holds a few control frames.
+                out: VecDeque::new(),
                 out_bytes: 0,
                 floors: BTreeMap::new(),
                 slow: SlowPolicy::default(),
@@ -127,10 +143,12 @@ impl SessionHandle {
                 pending: BTreeMap::new(),
                 pending_books: BTreeSet::new(),
                 next_heartbeat: now + Duration::from_millis(cfg.heartbeat_ms),
+                subs_changed: false,
                 tokens: f64::from(cfg.max_requests_per_sec),
                 tokens_at: now,
             }),
             wake: Notify::new(),
+            marked: std::cell::Cell::new(false),
         }
     }
 }
@@ -209,6 +227,27 @@ impl SessionState {
         self.out_bytes += item.len();
         self.out.push_back(item);
         true
+    }
+
+    /// True if this session can take `run` (records it is subscribed to, `len` bytes of
+    /// frames) as one buffer: exactly what [`SessionState::offer`] would queue record by
+    /// record, because none of its per-record rules applies now.
+    pub(crate) fn takes_run_whole(&self, run: &[&Arc<Encoded>], len: usize, slow_bytes: usize, now: Instant) -> bool {
+        if self.closing || self.conflating || self.params.batch || !self.dropped.is_empty() {
+            return false;
+        }
+        if self.out_bytes + len > slow_bytes
+            || self.write_started.is_some_and(|t| now.duration_since(t) > self.slow_after)
+        {
+            return false;
+        }
+        run.iter().all(|e| !self.replaying.contains(&e.src) && self.floors.get(&e.src).is_none_or(|f| e.seq > *f))
+    }
+
+    /// Queues `count` prebuilt data frames in one buffer (see [`SessionState::takes_run_whole`]).
+    pub(crate) fn push_frames(&mut self, f: Bytes, count: usize) {
+        self.out_bytes += f.len();
+        self.out.push_back(Out::Frames(f, count as u32));
     }
 
     /// The client is over its bound: apply its slow-consumer policy.
@@ -365,6 +404,7 @@ impl SessionState {
             Ok(Request::Ping { id }) => self.push_control(&protocol::pong(&id, now_ns)),
             Ok(Request::Unsubscribe { id, channels, symbols, channel_list, symbol_list }) => {
                 self.subs.remove(&channel_list, &symbol_list);
+                self.subs_changed = true;
                 self.push_control(&protocol::ack("unsubscribed", &id, &channels, &symbols));
             }
             Ok(Request::Subscribe(s)) => self.subscribe(core, s),
@@ -454,6 +494,7 @@ impl SessionState {
             }
         }
         self.subs.add(&s.channel_list, &s.symbol_list);
+        self.subs_changed = true;
         self.push_control(&protocol::ack("subscribed", &s.id, &s.channels, &s.symbols));
         for (src, from, to) in gaps {
             self.push_control(&protocol::gap(src.as_str(), from, to, "journal_unavailable"));
@@ -509,25 +550,41 @@ impl SessionState {
         true
     }
 
-    /// Moves up to `max` queued items into `batch` as frames ready to write.
-    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+    /// Gives back queue memory a burst left behind once the queue is empty.
+    fn shrink_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 16 {
+            self.out = VecDeque::new();
+        }
+    }
+
+    /// Moves up to `max` queued items into `batch` as frames ready to write; returns how
+    /// many WebSocket frames they hold.
+    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> u64 {
         let mut lines: Vec<Bytes> = Vec::new();
+        let mut frames = 0u64;
         while batch.len() < max {
             let Some(item) = self.out.pop_front() else { break };
             self.out_bytes -= item.len();
-            match item {
-                Out::Line(l) => lines.push(l),
-                Out::Frame(f) => {
-                    if !lines.is_empty() {
-                        batch.push(join_lines(&mut lines));
-                    }
-                    batch.push(f);
+            let (f, n) = match item {
+                Out::Line(l) => {
+                    lines.push(l);
+                    continue;
                 }
+                Out::Frame(f) => (f, 1),
+                Out::Frames(f, n) => (f, u64::from(n)),
+            };
+            if !lines.is_empty() {
+                batch.push(join_lines(&mut lines));
+                frames += 1;
             }
+            batch.push(f);
+            frames += n;
         }
         if !lines.is_empty() {
             batch.push(join_lines(&mut lines));
+            frames += 1;
         }
+        frames
     }
 }
 
@@ -553,14 +610,15 @@ fn join_lines(lines: &mut Vec<Bytes>) -> Bytes {
 
 /// Runs one upgraded connection until it closes.
 pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, handle: Rc<SessionHandle>) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let reader = {
         let core = core.clone();
         let handle = handle.clone();
         async move {
             let mut dec = ws::Decoder::new(core.cfg.max_message_bytes);
             dec.feed(&already_read);
-            let mut buf = vec![0u8; 16 * 1024];
+            // It may be a slice of hyper's whole read buffer: let that go now.
+            drop(already_read);
             'session: loop {
                 loop {
                     match dec.next_message() {
@@ -585,9 +643,9 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     }
                 }
                 handle.wake.notify_one();
-                match rd.read(&mut buf).await {
+                match read_shared(&rd, |b| dec.feed(b)).await {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => dec.feed(&buf[..n]),
+                    Ok(_) => {}
                 }
             }
             // A close frame is queued. Keep reading (and discarding) until the client
@@ -595,7 +653,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             // destroy the close frame before the client reads it.
             handle.state.borrow_mut().closing = true;
             handle.wake.notify_one();
-            while let Ok(n) = rd.read(&mut buf).await {
+            while let Ok(n) = read_shared(&rd, |_| {}).await {
                 if n == 0 {
                     break;
                 }
@@ -606,14 +664,19 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
         let handle = handle.clone();
         let wcore = core.clone();
         async move {
-            let mut batch: Vec<Bytes> = Vec::with_capacity(256);
+            let mut batch: Vec<Bytes> = Vec::new();
             loop {
+                if batch.capacity() > 64 {
+                    // A burst is over: an idle connection keeps no large buffers.
+                    batch = Vec::new();
+                    handle.state.borrow_mut().shrink_idle();
+                }
                 handle.wake.notified().await;
                 loop {
-                    let closing = {
+                    let (closing, n_msgs) = {
                         let mut st = handle.state.borrow_mut();
-                        st.take_batch(&mut batch, 256);
-                        st.closing && st.out.is_empty()
+                        let n = st.take_batch(&mut batch, 256);
+                        (st.closing && st.out.is_empty(), n)
                     };
                     if batch.is_empty() {
                         if closing {
@@ -622,8 +685,17 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                         }
                         break;
                     }
-                    let n_msgs = batch.len() as u64;
                     handle.state.borrow_mut().write_started = Some(Instant::now());
+                    #[cfg(feature = "io-uring")]
+                    let result = match &wcore.uring {
+                        Some(ring) => {
+                            let (r, back) = crate::uring::write_all(ring, &wr, std::mem::take(&mut batch)).await;
+                            batch = back;
+                            r
+                        }
+                        None => write_batch(&mut wr, &mut batch).await,
+                    };
+                    #[cfg(not(feature = "io-uring"))]
                     let result = write_batch(&mut wr, &mut batch).await;
                     {
                         let mut st = handle.state.borrow_mut();
@@ -658,6 +730,31 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
         }
     }
     core.remove_session(handle.state.borrow().id);
+}
+
+thread_local! {
+    /// One read buffer per core, shared by all its connections: clients send a few small
+    /// requests, so a buffer per connection would be almost all of an idle connection's
+    /// memory. Bytes are handed to the connection's decoder as soon as they are read.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+}
+
+/// Waits until the socket is readable, reads what it has into the core's buffer and hands
+/// it to `f`. Returns the bytes read (0 at end of stream).
+async fn read_shared(rd: &tokio::net::tcp::OwnedReadHalf, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    loop {
+        rd.readable().await?;
+        let r = READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let n = rd.try_read(&mut b[..])?;
+            f(&b[..n]);
+            Ok::<usize, std::io::Error>(n)
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Writes every buffer with vectored writes; returns bytes written.
@@ -696,6 +793,9 @@ fn on_message(core: &Rc<Core>, handle: &SessionHandle, msg: ws::Message) -> bool
         ws::Message::Text(t) => {
             let now = Instant::now();
             st.handle_text(core, &t, now, tickmesh_codec::now_ns());
+            if std::mem::take(&mut st.subs_changed) {
+                core.reindex(st.id, &st.subs);
+            }
             !st.closing
         }
         ws::Message::Binary(_) => {
@@ -857,6 +957,58 @@ mod tests {
         );
         let b = rec.to_bytes();
         Arc::new(Encoded::new(&access_untrusted(&b).unwrap(), &mut Vec::new()))
+    }
+
+    fn trade(seq: u64) -> Arc<Encoded> {
+        let rec = tickmesh_codec::Record::new(
+            Meta {
+                src: SourceId::new("COINBASE").unwrap(),
+                seq: Seq(seq),
+                instrument: InstrumentId(1),
+                sym: Symbol::new("BTC-USD").unwrap(),
+                ts_event: 1,
+                ts_ingest: 2,
+            },
+            Body::Trade(tickmesh_codec::Trade {
+                px: tickmesh_codec::Px(1),
+                qty: tickmesh_codec::Qty(1),
+                side: tickmesh_codec::Side::Buy,
+                match_id: seq,
+            }),
+        );
+        let b = rec.to_bytes();
+        Arc::new(Encoded::new(&access_untrusted(&b).unwrap(), &mut Vec::new()))
+    }
+
+    #[test]
+    fn a_run_is_taken_whole_only_when_no_per_record_rule_applies() {
+        let mut st = state();
+        st.subs.add(&["trades"], &["BTC-USD".into()]);
+        let run: Vec<Arc<Encoded>> = (5..=7).map(trade).collect();
+        let refs: Vec<&Arc<Encoded>> = run.iter().collect();
+        let len: usize = run.iter().map(|e| e.json_frame.len()).sum();
+        let now = Instant::now();
+        let src = SourceId::new("COINBASE").unwrap();
+        assert!(st.takes_run_whole(&refs, len, 1 << 20, now));
+        assert!(!st.takes_run_whole(&refs, len, len - 1, now), "over the slow bound");
+        st.floors.insert(src, 6);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "a record at or below the resume floor");
+        st.floors.insert(src, 4);
+        assert!(st.takes_run_whole(&refs, len, 1 << 20, now), "all above the floor");
+        st.replaying.insert(src);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "source being replayed");
+        st.replaying.clear();
+        st.conflating = true;
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "conflating");
+        st.conflating = false;
+        st.dropped.insert(src, (1, 2));
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "a gap must go out first");
+        st.dropped.clear();
+        st.params.batch = true;
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now), "batch=1 joins lines instead");
+        st.params.batch = false;
+        st.write_started = Some(now);
+        assert!(!st.takes_run_whole(&refs, len, 1 << 20, now + Duration::from_secs(60)), "stuck writer");
     }
 
     fn texts(st: &mut SessionState) -> Vec<String> {

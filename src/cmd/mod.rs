@@ -2,6 +2,7 @@
 
 pub mod admin_route;
 pub mod bench;
+pub mod bench_fanout;
 pub mod bench_ingest;
 pub mod certs;
 pub mod ingest;
