@@ -268,6 +268,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             feeds: vec![feed_for(i, &r.name, &opts)?],
             regions: entries.clone(),
             ready: Default::default(),
+            residency: tickmesh_replicate::ResidencyConfig::regions_md(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }
