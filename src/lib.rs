@@ -8,11 +8,13 @@
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
-//! * [`cmd`]: subcommands (`certs`).
+//! * [`cmd`]: subcommands (`certs`, `audit`).
+//! * [`audit_http`]: `GET /v1/audit`, the audit trail for admins.
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
+pub mod audit_http;
 pub mod cmd;
 pub mod config;
 pub mod demo;

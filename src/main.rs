@@ -82,6 +82,11 @@ enum Cmd {
         #[arg(long)]
         date: Option<String>,
     },
+    /// Check or read a node's audit trail of cross-region transfers.
+    Audit {
+        #[command(subcommand)]
+        cmd: tickmesh::cmd::audit::AuditCmd,
+    },
     /// Manage the mesh's private CA and region certificates.
     Certs {
         #[command(subcommand)]
@@ -242,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             }
             tickmesh::cmd::ingest::run(tickmesh::cmd::ingest::IngestOptions { file, format, book, stats, source, date })
         }
+        Cmd::Audit { cmd } => tickmesh::cmd::audit::run(cmd),
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {

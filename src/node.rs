@@ -69,6 +69,11 @@ struct NodeView {
     /// When each home source last had a record journaled (ns), for feed staleness.
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
     started_ns: u64,
+    /// The residency rules of `[residency]` (checked by the mesh on send and receive).
+    #[allow(dead_code)] // read by the mesh once MeshParams takes it (see the TODO in Node::start)
+    policy: Arc<tickmesh_replicate::ResidencyPolicy>,
+    /// The audit trail of cross-region transfers (`<state_dir>/audit`), served at /v1/audit.
+    audit: Option<Arc<tickmesh_replicate::AuditLog>>,
 }
 
 impl Node {
@@ -107,6 +112,12 @@ impl Node {
         }
         shared.set_journal(journal.clone());
 
+        let policy = Arc::new(tickmesh_replicate::ResidencyPolicy::new(&cfg.residency));
+        let audit_dir = cfg.state_dir.join("audit");
+        let audit = Arc::new(
+            tickmesh_replicate::AuditLog::open(&audit_dir)
+                .with_context(|| format!("opening the audit log in {}", audit_dir.display()))?,
+        );
         let home_last = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let view = Arc::new(NodeView {
             cfg: cfg.clone(),
@@ -114,6 +125,8 @@ impl Node {
             shared: shared.clone(),
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
+            policy: policy.clone(),
+            audit: Some(audit.clone()),
         });
         let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
             .context("starting the gateway")?;
@@ -174,6 +187,7 @@ impl Node {
                     inbound: Arc::new(move |b| {
                         let _ = tx.send(HubMsg::Remote(b));
                     }),
+                    // TODO(audit→mesh): once MeshParams has them: `policy: policy.clone(), audit: audit.clone(),`
                 })
                 .context("starting the mesh")?;
                 let _ = view.mesh.set(mesh.status());
@@ -502,7 +516,8 @@ impl Cursor for JournalCursor {
 }
 
 fn node_routes(view: Arc<NodeView>) -> Router {
-    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view)
+    let audit = crate::audit_http::router(view.shared.clone(), view.audit.clone());
+    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view).merge(audit)
 }
 
 /// Why this region should not take traffic now (empty: ready).
@@ -599,6 +614,8 @@ mod tests {
             mesh: std::sync::OnceLock::new(),
             home_last: Default::default(),
             started_ns: 1_000_000_000,
+            policy: Arc::new(tickmesh_replicate::ResidencyPolicy::new(&Default::default())),
+            audit: None,
         }
     }
 
