@@ -5,6 +5,7 @@
 //! * [`node`]: [`node::Node`], one region node: the hub thread, ingest threads, the mesh,
 //!   the gateway, and the node's own HTTP routes (`/readyz`, `/v1/regions`).
 //! * [`config`]: [`config::NodeConfig`], the TOML file of `tickmesh node --config`.
+//! * [`dr`]: backup, point-in-time restore and recovery plans of a node's journal and audit log.
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
@@ -18,6 +19,7 @@ pub mod audit_http;
 pub mod cmd;
 pub mod config;
 pub mod demo;
+pub mod dr;
 pub mod http_get;
 pub mod metrics;
 pub mod node;

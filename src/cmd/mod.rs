@@ -4,4 +4,5 @@ pub mod audit;
 pub mod bench;
 pub mod bench_ingest;
 pub mod certs;
+pub mod dr;
 pub mod ingest;
