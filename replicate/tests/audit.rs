@@ -14,7 +14,7 @@ fn transfer(i: u64) -> Transfer {
         count: if pii { 0 } else { 10 },
         bytes: if pii { 0 } else { 960 + i },
         from: "eu-west-1".into(),
-        to: if i % 2 == 0 { "us-east-1".into() } else { "ap-southeast-1".into() },
+        to: if i.is_multiple_of(2) { "us-east-1".into() } else { "ap-southeast-1".into() },
         class: if pii { DataClass::Pii } else { DataClass::MarketData },
         dir: Direction::Send,
         decision: if pii { Decision::Deny("pii stays home".into()) } else { Decision::Allow },

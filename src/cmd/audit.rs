@@ -48,7 +48,7 @@ pub enum AuditCmd {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct Which {
-    /// The node's state directory (the log is <DIR>/audit/audit.jsonl).
+    /// The node's state directory (the log is DIR/audit/audit.jsonl).
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// The log file (its head anchor is the file `head` next to it).
@@ -93,7 +93,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<()> {
 fn verify(path: &std::path::Path) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!(
-            "{} does not exist; pass the node's --state-dir (the log is <DIR>/audit/audit.jsonl) or the log's --file",
+            "{} does not exist; pass the node's --state-dir (the log is DIR/audit/audit.jsonl) or the log's --file",
             path.display()
         );
     }

@@ -46,7 +46,7 @@ pub enum RecoverCmd {
         /// Point in time (as for restore --at).
         #[arg(long)]
         at: Option<String>,
-        /// Where to write the plan (default <state-dir>/recover-plan.json).
+        /// Where to write the plan (default STATE_DIR/recover-plan.json).
         #[arg(long)]
         out: Option<PathBuf>,
     },
