@@ -554,10 +554,10 @@ pub struct LocalSource {
 /// What a plan was made from; `apply` refuses when it changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanInputs {
-    /// SHA-256 of the backup's manifest.json.
-    pub manifest_sha256: String,
-    /// Backup number.
-    pub manifest_number: u64,
+    /// SHA-256 of each backup's manifest.json, in `--from` order.
+    pub manifest_sha256: Vec<String>,
+    /// Each backup's number.
+    pub manifest_number: Vec<u64>,
     /// The local journal's sources.
     pub local: BTreeMap<String, LocalSource>,
     /// Whether the state directory has an audit log.
@@ -569,13 +569,15 @@ pub struct PlanInputs {
 pub struct PlanStep {
     /// Source id.
     pub src: String,
-    /// `restore` (nothing local), `replace` (backup is ahead: local moved aside), `keep` (local is as far or further).
+    /// `restore` (nothing local), `replace` (a backup is ahead: local moved aside), `keep` (local is as far or further).
     pub action: String,
     /// Local seq range.
     pub local: Option<(u64, u64)>,
-    /// Backup seq range (up to `at`, when given).
+    /// The chosen backup's seq range (up to `at`, when given).
     pub backup: Option<(u64, u64)>,
-    /// Segments fetched from the backup.
+    /// The chosen backup (one of `from`): the one that holds the source furthest.
+    pub backup_from: Option<String>,
+    /// Segments fetched from it.
     pub fetch: Vec<String>,
     /// What the mesh does after the node starts.
     pub then: String,
@@ -590,22 +592,31 @@ pub struct RecoverPlan {
     pub created_ns: u64,
     /// The state directory.
     pub state_dir: PathBuf,
-    /// The backup.
-    pub from: String,
+    /// The backups: this region's own first, then any others (a peer region's backup holds
+    /// this region's home sources as the peer received them, often further than our own).
+    pub from: Vec<String>,
     /// Point in time (ns), if any.
     pub at: Option<u64>,
     /// Inputs.
     pub inputs: PlanInputs,
     /// Steps, one per source.
     pub steps: Vec<PlanStep>,
-    /// Whether the backup's audit log is restored (only when there is none locally).
+    /// Whether the first backup's audit log is restored (only when there is none locally;
+    /// another region's audit log is never taken).
     pub restore_audit: bool,
 }
 
-fn plan_inputs(state_dir: &Path, target: &Target) -> anyhow::Result<(PlanInputs, Manifest)> {
-    let (m, sha) = target
-        .manifest()?
-        .with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", target.root.display()))?;
+fn plan_inputs(state_dir: &Path, targets: &[Target]) -> anyhow::Result<(PlanInputs, Vec<Manifest>)> {
+    let mut manifests = Vec::new();
+    let (mut shas, mut numbers) = (Vec::new(), Vec::new());
+    for t in targets {
+        let (m, sha) = t
+            .manifest()?
+            .with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", t.root.display()))?;
+        shas.push(sha);
+        numbers.push(m.number);
+        manifests.push(m);
+    }
     let mut local = BTreeMap::new();
     for (src, segs) in local_segments(&state_dir.join("journal"))? {
         let mut files = Vec::new();
@@ -624,7 +635,7 @@ fn plan_inputs(state_dir: &Path, target: &Target) -> anyhow::Result<(PlanInputs,
         }
     }
     let local_audit = state_dir.join("audit").join(LOG_FILE).exists();
-    Ok((PlanInputs { manifest_sha256: sha, manifest_number: m.number, local, local_audit }, m))
+    Ok((PlanInputs { manifest_sha256: shas, manifest_number: numbers, local, local_audit }, manifests))
 }
 
 /// The last seq of `entry` at or before `at`, and the segments needed for it.
@@ -645,25 +656,37 @@ fn backup_range(entry: &SourceEntry, at: Option<u64>) -> Option<((u64, u64), Vec
     last.map(|l| ((entry.first_seq, l), fetch))
 }
 
-/// Makes a plan: per source, restore from the backup, replace the local copy, or keep it.
-pub fn plan(state_dir: &Path, from: &str, at: Option<u64>) -> anyhow::Result<RecoverPlan> {
-    let target = Target::parse(from)?;
-    let (inputs, m) = plan_inputs(state_dir, &target)?;
-    let mut ids: Vec<&String> = m.sources.keys().chain(inputs.local.keys()).collect();
+/// Makes a plan: per source, restore from the backup that holds it furthest, replace the
+/// local copy with it, or keep the local copy.
+pub fn plan(state_dir: &Path, from: &[String], at: Option<u64>) -> anyhow::Result<RecoverPlan> {
+    if from.is_empty() {
+        bail!("give at least one backup with --from");
+    }
+    let targets = from.iter().map(|f| Target::parse(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let (inputs, manifests) = plan_inputs(state_dir, &targets)?;
+    let mut ids: Vec<&String> = manifests.iter().flat_map(|m| m.sources.keys()).chain(inputs.local.keys()).collect();
     ids.sort();
     ids.dedup();
     let mut steps = Vec::new();
     for src in ids {
         let local = inputs.local.get(src).map(|l| (l.first_seq, l.last_seq));
-        let backup = m.sources.get(src).and_then(|e| backup_range(e, at));
-        let (action, fetch) = match (&local, &backup) {
-            (None, Some((_, f))) => ("restore", f.clone()),
-            (Some((_, l)), Some(((_, b), f))) if b > l => ("replace", f.clone()),
+        // The first backup wins ties: it is this region's own.
+        let mut best: Option<(usize, (u64, u64), Vec<String>)> = None;
+        for (i, m) in manifests.iter().enumerate() {
+            if let Some((range, fetch)) = m.sources.get(src).and_then(|e| backup_range(e, at)) {
+                if best.as_ref().is_none_or(|b| range.1 > b.1 .1) {
+                    best = Some((i, range, fetch));
+                }
+            }
+        }
+        let (action, fetch) = match (&local, &best) {
+            (None, Some((_, _, f))) => ("restore", f.clone()),
+            (Some((_, l)), Some((_, (_, b), f))) if b > l => ("replace", f.clone()),
             _ => ("keep", Vec::new()),
         };
         let have = match action {
             "keep" => local.map(|l| l.1),
-            _ => backup.as_ref().map(|b| b.0 .1),
+            _ => best.as_ref().map(|b| b.1 .1),
         };
         let then = match have {
             Some(s) => format!(
@@ -672,21 +695,23 @@ pub fn plan(state_dir: &Path, from: &str, at: Option<u64>) -> anyhow::Result<Rec
             ),
             None => "after start the mesh backfills the source from its peers".into(),
         };
+        let backup_from = if action == "keep" { None } else { best.as_ref().map(|b| from[b.0].clone()) };
         steps.push(PlanStep {
             src: src.clone(),
             action: action.into(),
             local,
-            backup: backup.map(|b| b.0),
+            backup: best.map(|b| b.1),
+            backup_from,
             fetch,
             then,
         });
     }
-    let restore_audit = !inputs.local_audit && m.audit_log.is_some();
+    let restore_audit = !inputs.local_audit && manifests[0].audit_log.is_some();
     Ok(RecoverPlan {
         version: 1,
         created_ns: tickmesh_codec::now_ns(),
         state_dir: state_dir.to_owned(),
-        from: from.to_owned(),
+        from: from.to_vec(),
         at,
         inputs,
         steps,
@@ -710,13 +735,13 @@ pub struct ApplyReport {
 /// Applies a plan, after checking that the backup and the state directory are what the plan
 /// saw and that no node holds the journal.
 pub fn apply(p: &RecoverPlan) -> anyhow::Result<ApplyReport> {
-    let target = Target::parse(&p.from)?;
-    let (now, m) = plan_inputs(&p.state_dir, &target)?;
+    let targets = p.from.iter().map(|f| Target::parse(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let (now, manifests) = plan_inputs(&p.state_dir, &targets)?;
     if now != p.inputs {
         bail!(
-            "the inputs changed since the plan was made (the backup at {} or the journal in {}); nothing was changed: \
+            "the inputs changed since the plan was made (a backup at {} or the journal in {}); nothing was changed: \
              make a new plan with `tickmesh recover plan` and review it",
-            p.from,
+            p.from.join(", "),
             p.state_dir.display()
         );
     }
@@ -737,8 +762,14 @@ pub fn apply(p: &RecoverPlan) -> anyhow::Result<ApplyReport> {
             kept.push(step.src.clone());
             continue;
         }
-        let entry = m.sources.get(&step.src).with_context(|| format!("source {} is not in the backup", step.src))?;
-        if let Some(r) = restore_source(&target, &step.src, entry, &tmp, p.at)? {
+        let i = step
+            .backup_from
+            .as_ref()
+            .and_then(|f| p.from.iter().position(|x| x == f))
+            .with_context(|| format!("the plan names no backup for {}; make a new plan", step.src))?;
+        let entry =
+            manifests[i].sources.get(&step.src).with_context(|| format!("source {} is not in the backup", step.src))?;
+        if let Some(r) = restore_source(&targets[i], &step.src, entry, &tmp, p.at)? {
             restored.insert(step.src.clone(), r);
         }
     }
@@ -755,7 +786,8 @@ pub fn apply(p: &RecoverPlan) -> anyhow::Result<ApplyReport> {
         std::fs::rename(tmp.join(src), &cur).with_context(|| format!("moving the restored {src} into place"))?;
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    let audit_entries = if p.restore_audit { restore_audit(&target, &m, &p.state_dir.join("audit"), p.at)? } else { 0 };
+    let audit_entries =
+        if p.restore_audit { restore_audit(&targets[0], &manifests[0], &p.state_dir.join("audit"), p.at)? } else { 0 };
     check_journal(&journal_dir)?;
     Ok(ApplyReport { restored, kept, moved_aside: moved.then_some(aside), audit_entries })
 }

@@ -216,7 +216,7 @@ fn a_recovery_plan_is_applied_only_while_its_inputs_hold() {
         }
     }
     drop(j);
-    let p = dr::plan(&state, &url, None).unwrap();
+    let p = dr::plan(&state, std::slice::from_ref(&url), None).unwrap();
     let step = |s: &str| p.steps.iter().find(|x| x.src == s).unwrap().clone();
     assert_eq!((step("SYN.USE1").action.as_str(), step("SYN.USE1").local), ("keep", Some((1, 320))));
     assert_eq!((step("SYN.EUW1").action.as_str(), step("SYN.EUW1").backup), ("replace", Some((1, 300))));
@@ -268,4 +268,34 @@ fn a_recovery_plan_is_applied_only_while_its_inputs_hold() {
         .file_name()
         .to_string_lossy()
         .starts_with("journal.before-recover-")));
+}
+
+#[test]
+fn a_plan_takes_each_source_from_the_backup_that_holds_it_furthest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (own, peer) = (tmp.path().join("own"), tmp.path().join("peer"));
+    let (own_bk, peer_bk) = (tmp.path().join("own-bk"), tmp.path().join("peer-bk"));
+    fill(&own, 1, 300);
+    audit(&own, 5);
+    fill(&peer, 1, 350); // the peer received our home sources further than our last backup
+    audit(&peer, 9);
+    dr::backup(&own, &Target::parse(own_bk.to_str().unwrap()).unwrap()).unwrap();
+    dr::backup(&peer, &Target::parse(peer_bk.to_str().unwrap()).unwrap()).unwrap();
+    let from = vec![own_bk.to_str().unwrap().to_owned(), peer_bk.to_str().unwrap().to_owned()];
+    let state = tmp.path().join("wiped");
+    let p = dr::plan(&state, &from, None).unwrap();
+    for s in &p.steps {
+        assert_eq!(
+            (s.action.as_str(), s.backup, s.backup_from.as_deref()),
+            ("restore", Some((1, 350)), Some(from[1].as_str()))
+        );
+    }
+    assert!(p.restore_audit);
+    let r = dr::apply(&p).unwrap();
+    assert_eq!(r.restored["SYN.USE1"].last_seq, 350);
+    assert_eq!(records(&state, "SYN.EUW1"), records(&peer, "SYN.EUW1"));
+    assert_eq!(r.audit_entries, 5, "only this region's own audit log is restored");
+    // On a tie the first (own) backup wins.
+    let p = dr::plan(&tmp.path().join("other"), &[from[1].clone(), from[0].clone()], Some(ts(2, 300))).unwrap();
+    assert!(p.steps.iter().all(|s| s.backup_from.as_deref() == Some(from[1].as_str())), "{:?}", p.steps);
 }

@@ -40,9 +40,11 @@ pub enum RecoverCmd {
         /// The node's state directory.
         #[arg(long)]
         state_dir: PathBuf,
-        /// The backup: a directory or file:// URL.
-        #[arg(long)]
-        from: String,
+        /// A backup: a directory or file:// URL. Repeat it to add other regions' backups
+        /// (they hold this region's home sources as replicated); per source the backup
+        /// holding it furthest is used, the first on a tie, and only the first's audit log.
+        #[arg(long, required = true)]
+        from: Vec<String>,
         /// Point in time (as for restore --at).
         #[arg(long)]
         at: Option<String>,
@@ -101,21 +103,22 @@ pub fn recover(cmd: RecoverCmd) -> anyhow::Result<()> {
             std::fs::write(&out, serde_json::to_vec_pretty(&p)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "recovery plan for {} from backup {} (#{}){}:",
+                "recovery plan for {} from {} (backups #{:?}){}:",
                 state_dir.display(),
-                from,
+                from.join(", "),
                 p.inputs.manifest_number,
                 at.map(|t| format!(" up to ts_ingest {t}")).unwrap_or_default()
             );
             for s in &p.steps {
                 let r = |x: Option<(u64, u64)>| x.map(|(a, b)| format!("{a}..={b}")).unwrap_or_else(|| "none".into());
                 println!(
-                    "  {:<16} {:<8} local {:<24} backup {:<24} fetch {} segment(s)",
+                    "  {:<16} {:<8} local {:<24} backup {:<24} fetch {} segment(s){}",
                     s.src,
                     s.action,
                     r(s.local),
                     r(s.backup),
-                    s.fetch.len()
+                    s.fetch.len(),
+                    s.backup_from.as_ref().map(|f| format!(" from {f}")).unwrap_or_default()
                 );
                 println!("  {:<16} then: {}", "", s.then);
             }
