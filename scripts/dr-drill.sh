@@ -3,8 +3,11 @@
 #   1. starts `tickmesh demo` (synthetic feeds) and backs up the victim region every
 #      BACKUP_EVERY seconds with `tickmesh backup` (incremental after the first run)
 #   2. SIGKILLs the victim region and wipes its state (journal and audit log)
-#   3. restores the newest backup with `tickmesh restore`, restarts the region with its
-#      own node.toml, and waits for /readyz
+#   3. recovers it, restarts the region with its own node.toml, and waits for /readyz.
+#      MODE=plan (default): `tickmesh recover plan --from OWN_BACKUP --from PEER_BACKUP`
+#      then `recover apply`: a peer region's backup (taken after the kill) holds the
+#      victim's home sources as replicated, so each source comes from whichever holds it
+#      furthest. MODE=restore: `tickmesh restore` from the victim's own backup only.
 #   4. reports, as one JSON line on standard output:
 #      rpo_records / rpo_ms: the victim's home-source records the peers hold that the
 #        restore lacks (data lost relative to the peers), and their span in ts_ingest;
@@ -28,6 +31,7 @@ VICTIM=${VICTIM:-eu-west-1}
 RUN_SECS=${RUN_SECS:-8}
 BACKUP_EVERY=${BACKUP_EVERY:-1}
 RATE=${RATE:-1000}
+MODE=${MODE:-plan}
 if [[ ! -x $BIN ]]; then
   echo "$BIN is missing; building it" >&2
   cargo build -p tickmesh --bin tickmesh >&2
@@ -95,10 +99,17 @@ peer_last=$(echo "$peer_json" | jq_py "v['sources']['$home_src']['last_seq']")
 peer_max_ts=$(echo "$peer_json" | jq_py "v['sources']['$home_src']['max_ts']")
 
 t_restore=$(now_ms)
-restore_json=$("$BIN" restore --from "$BACKUP" --state-dir "$STATE/$VICTIM")
-restored_last=$(echo "$restore_json" | jq_py "v['sources']['$home_src']['last_seq']")
-restored_max_ts=$(python3 -c "
-import json; m=json.load(open('$BACKUP/manifest.json')); print(m['sources']['$home_src']['max_ts'])")
+if [[ $MODE == restore ]]; then
+  "$BIN" restore --from "$BACKUP" --state-dir "$STATE/$VICTIM" >"$WORK/restore.out"
+else
+  "$BIN" recover plan --state-dir "$STATE/$VICTIM" --from "$BACKUP" --from "$WORK/peer-snapshot" \
+    --out "$WORK/plan.json" >&2
+  "$BIN" recover apply "$WORK/plan.json" >"$WORK/restore.out"
+fi
+# What the victim holds now, read from its files.
+restored_json=$("$BIN" backup --state-dir "$STATE/$VICTIM" --to "$WORK/restored-snapshot")
+restored_last=$(echo "$restored_json" | jq_py "v['sources']['$home_src']['last_seq']")
+restored_max_ts=$(echo "$restored_json" | jq_py "v['sources']['$home_src']['max_ts']")
 "$BIN" node --config "$STATE/$VICTIM/node.toml" >"$WORK/restarted.log" 2>&1 &
 node_pid=$!
 ready=0
@@ -128,8 +139,8 @@ rpo_records=$(( peer_last > restored_last ? peer_last - restored_last : 0 ))
 rpo_ms=$(( peer_max_ts > restored_max_ts ? (peer_max_ts - restored_max_ts) / 1000000 : 0 ))
 rto_ms=$(( t_ready - t_restore ))
 rto_from_kill_ms=$(( t_ready - t_kill ))
-printf '{"event":"dr_drill","victim":"%s","home_source":"%s","backups":%s,"backup_every_s":%s,"peer_last_seq":%s,"restored_last_seq":%s,"rpo_records":%s,"rpo_ms":%s,"rto_ms":%s,"rto_from_kill_ms":%s,"next_seq_ok":%s,"restarted_last_seq":%s,"seqs_reused":%s}\n' \
-  "$VICTIM" "$home_src" "$(wc -l <"$WORK/backups.out")" "$BACKUP_EVERY" "$peer_last" "$restored_last" \
+printf '{"event":"dr_drill","mode":"%s","victim":"%s","home_source":"%s","backups":%s,"backup_every_s":%s,"peer_last_seq":%s,"restored_last_seq":%s,"rpo_records":%s,"rpo_ms":%s,"rto_ms":%s,"rto_from_kill_ms":%s,"next_seq_ok":%s,"restarted_last_seq":%s,"seqs_reused":%s}\n' \
+  "$MODE" "$VICTIM" "$home_src" "$(wc -l <"$WORK/backups.out")" "$BACKUP_EVERY" "$peer_last" "$restored_last" \
   "$rpo_records" "$rpo_ms" "$rto_ms" "$rto_from_kill_ms" "$next_seq_ok" "$after_last" "$rpo_records"
 ok=1
 (( rpo_ms < 1000 )) || { log "RPO ${rpo_ms} ms is above the 1 s target"; ok=0; }
