@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tickmesh_gateway::GatewayConfig;
 use tickmesh_ingest::synthetic::SyntheticConfig;
 use tickmesh_journal::JournalConfig;
-use tickmesh_replicate::MeshConfig;
+use tickmesh_replicate::{MeshConfig, ResidencyConfig};
 
 /// A region this node tells clients about (the `hello` failover list and `/v1/regions`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,6 +123,10 @@ pub struct NodeConfig {
     /// The user-data tier (profiles, entitlements, preferences); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userdata: Option<crate::tiers::userdata::UserDataConfig>,
+    /// Data classes of sources and where each class may go (REGIONS.md residency rules);
+    /// absent: every source is market data and goes everywhere.
+    #[serde(default)]
+    pub residency: ResidencyConfig,
 }
 
 /// `/readyz` thresholds (`[ready]`).
@@ -178,6 +182,7 @@ impl NodeConfig {
         if let Some(u) = &self.userdata {
             u.validate(&mut p);
         }
+        self.residency.validate(&mut p);
         if let Some(m) = &self.mesh {
             m.validate(r, &mut p);
         }
@@ -254,6 +259,17 @@ mod tests {
         assert!(p.iter().any(|m| m.starts_with("feeds[0].symbols")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("feeds[0].rate")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("auth has no keys")), "{p:?}");
+    }
+
+    #[test]
+    fn residency_problems_are_reported() {
+        let cfg: NodeConfig = toml::from_str(
+            "region = \"eu-west-1\"\nstate_dir = \"/x\"\n[residency.sources]\n\"U*X\" = \"pii\"\n[residency.pii]\nallow = [\"Mars\"]\n",
+        )
+        .unwrap();
+        let p = cfg.problems();
+        assert!(p.iter().any(|m| m.starts_with("residency.sources \"U*X\"")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("residency.pii.allow[0]")), "{p:?}");
     }
 
     #[test]

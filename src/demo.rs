@@ -303,6 +303,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 postgres_url: None,
                 cache_ttl_s: 60,
             }),
+            residency: tickmesh_replicate::ResidencyConfig::regions_md(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }

@@ -5,19 +5,23 @@
 //! * [`node`]: [`node::Node`], one region node: the hub thread, ingest threads, the mesh,
 //!   the gateway, and the node's own HTTP routes (`/readyz`, `/v1/regions`).
 //! * [`config`]: [`config::NodeConfig`], the TOML file of `tickmesh node --config`.
+//! * [`dr`]: backup, point-in-time restore and recovery plans of a node's journal and audit log.
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`route`]: routing decisions (country map, health, weights, affinity) for `/v1/route` and the DNS router.
 //! * [`route_http`]: `GET /v1/route`, `POST /v1/admin/weights` and the region health poller.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
-//! * [`cmd`]: subcommands (`certs`).
+//! * [`cmd`]: subcommands (`certs`, `audit`).
+//! * [`audit_http`]: `GET /v1/audit`, the audit trail for admins.
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
+pub mod audit_http;
 pub mod cmd;
 pub mod config;
 pub mod demo;
+pub mod dr;
 pub mod http_get;
 pub mod metrics;
 pub mod node;

@@ -85,6 +85,20 @@ enum Cmd {
         #[arg(long)]
         date: Option<String>,
     },
+    /// Check or read a node's audit trail of cross-region transfers.
+    Audit {
+        #[command(subcommand)]
+        cmd: tickmesh::cmd::audit::AuditCmd,
+    },
+    /// Back up a node's journal and audit log (full, then incremental).
+    Backup(tickmesh::cmd::dr::BackupArgs),
+    /// Restore a backup into an empty state directory, optionally to a point in time.
+    Restore(tickmesh::cmd::dr::RestoreArgs),
+    /// Recovery as a plan an operator approves: `plan`, then `apply`.
+    Recover {
+        #[command(subcommand)]
+        cmd: tickmesh::cmd::dr::RecoverCmd,
+    },
     /// Manage the mesh's private CA and region certificates.
     Certs {
         #[command(subcommand)]
@@ -257,6 +271,10 @@ fn main() -> anyhow::Result<()> {
             }
             tickmesh::cmd::ingest::run(tickmesh::cmd::ingest::IngestOptions { file, format, book, stats, source, date })
         }
+        Cmd::Audit { cmd } => tickmesh::cmd::audit::run(cmd),
+        Cmd::Backup(a) => tickmesh::cmd::dr::backup(a),
+        Cmd::Restore(a) => tickmesh::cmd::dr::restore(a),
+        Cmd::Recover { cmd } => tickmesh::cmd::dr::recover(cmd),
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {

@@ -74,6 +74,11 @@ struct NodeView {
     started_ns: u64,
     /// `/v1/route`, the weights, each region's health.
     route: Arc<crate::route_http::RouteService>,
+    /// The residency rules of `[residency]` (checked by the mesh on send and receive).
+    #[allow(dead_code)] // read by the mesh once MeshParams takes it (see the TODO in Node::start)
+    policy: Arc<tickmesh_replicate::ResidencyPolicy>,
+    /// The audit trail of cross-region transfers (`<state_dir>/audit`), served at /v1/audit.
+    audit: Option<Arc<tickmesh_replicate::AuditLog>>,
 }
 
 impl Node {
@@ -112,6 +117,12 @@ impl Node {
         }
         shared.set_journal(journal.clone());
 
+        let policy = Arc::new(tickmesh_replicate::ResidencyPolicy::new(&cfg.residency));
+        let audit_dir = cfg.state_dir.join("audit");
+        let audit = Arc::new(
+            tickmesh_replicate::AuditLog::open(&audit_dir)
+                .with_context(|| format!("opening the audit log in {}", audit_dir.display()))?,
+        );
         let home_last = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let view = Arc::new(NodeView {
             cfg: cfg.clone(),
@@ -120,6 +131,8 @@ impl Node {
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
             route: crate::route_http::RouteService::new(&cfg, shared.clone()),
+            policy: policy.clone(),
+            audit: Some(audit.clone()),
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
         let users = match &cfg.userdata {
@@ -207,6 +220,7 @@ impl Node {
                     inbound: Arc::new(move |b| {
                         let _ = tx.send(HubMsg::Remote(b));
                     }),
+                    // TODO(audit→mesh): once MeshParams has them: `policy: policy.clone(), audit: audit.clone(),`
                 })
                 .context("starting the mesh")?;
                 let _ = view.mesh.set(mesh.status());
@@ -598,7 +612,13 @@ impl Cursor for JournalCursor {
 
 fn node_routes(view: Arc<NodeView>) -> Router {
     let route = crate::route_http::routes(view.route.clone());
-    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view).merge(route)
+    let audit = crate::audit_http::router(view.shared.clone(), view.audit.clone());
+    Router::new()
+        .route("/readyz", get(readyz))
+        .route("/v1/regions", get(regions))
+        .with_state(view)
+        .merge(route)
+        .merge(audit)
 }
 
 /// Why this region should not take traffic now (empty: ready).
@@ -697,6 +717,8 @@ mod tests {
             mesh: std::sync::OnceLock::new(),
             home_last: Default::default(),
             started_ns: 1_000_000_000,
+            policy: Arc::new(tickmesh_replicate::ResidencyPolicy::new(&Default::default())),
+            audit: None,
         }
     }
 

@@ -44,6 +44,14 @@ pub enum Error {
     /// I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The audit log could not be opened, read or continued.
+    #[error("audit log {path}: {reason}")]
+    Audit {
+        /// The log file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
 }
 
 /// The replicate crate's result type.

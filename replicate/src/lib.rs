@@ -7,19 +7,25 @@
 //! * [`tls`]: the private CA, per-region certificates, rustls configurations.
 //! * [`store`]: [`RecordStore`], what the mesh needs from the journal.
 //! * [`transfer`]: the residency policy and audit hooks the mesh calls on every transfer.
+//! * [`audit`]: [`AuditLog`], the hash-chained audit trail of cross-region transfers.
+//! * [`policy`]: [`ResidencyPolicy`], REGIONS.md's residency rules from `[residency]`.
 //! * [`wan`]: user-space WAN emulation (delay, jitter, loss, cuts) for the demo and tests.
 //!
 //! Every record received from a peer is validated (`codec::access_untrusted`) before the
 //! node sees it.
 
+pub mod audit;
 pub mod error;
 pub mod mesh;
+pub mod policy;
 pub mod store;
 pub mod tls;
 pub mod transfer;
 pub mod wan;
 
+pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditPage, VerifyReport};
 pub use error::{Error, Result};
 pub use mesh::{Inbound, Mesh, MeshConfig, MeshParams, MeshStatus, PeerConfig, PeerState};
+pub use policy::{ClassRule, ResidencyConfig, ResidencyPolicy};
 pub use store::{Cursor, MemoryStore, RecordStore};
 pub use transfer::{AllowAll, DataClass, Decision, Direction, NoAudit, Transfer, TransferAudit, TransferPolicy};

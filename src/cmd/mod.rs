@@ -1,9 +1,11 @@
 //! Subcommands of the binary that are more than a few lines.
 
 pub mod admin_route;
+pub mod audit;
 pub mod bench;
 pub mod bench_fanout;
 pub mod bench_ingest;
 pub mod certs;
+pub mod dr;
 pub mod ingest;
 pub mod router;

@@ -1,0 +1,148 @@
+//! `tickmesh backup`, `restore`, `recover plan | apply`: see [`crate::dr`].
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+use crate::dr;
+
+/// `tickmesh backup`.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The node's state directory (journal/ and audit/ in it).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Backup target: a directory or file:// URL. Repeated runs are incremental.
+    #[arg(long)]
+    to: String,
+}
+
+/// `tickmesh restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup: a directory or file:// URL.
+    #[arg(long)]
+    from: String,
+    /// The state directory to fill (must hold no journal).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Point in time: keep every source's records up to the first with ts_ingest after
+    /// this (ns since the Unix epoch, or seconds with an s suffix).
+    #[arg(long)]
+    at: Option<String>,
+}
+
+/// `tickmesh recover ...`.
+#[derive(Subcommand, Debug)]
+pub enum RecoverCmd {
+    /// Print (and write) what a recovery would do; change nothing.
+    Plan {
+        /// The node's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// A backup: a directory or file:// URL. Repeat it to add other regions' backups
+        /// (they hold this region's home sources as replicated); per source the backup
+        /// holding it furthest is used, the first on a tie, and only the first's audit log.
+        #[arg(long, required = true)]
+        from: Vec<String>,
+        /// Point in time (as for restore --at).
+        #[arg(long)]
+        at: Option<String>,
+        /// Where to write the plan (default STATE_DIR/recover-plan.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Apply a plan written by `recover plan`; refused if its inputs changed since.
+    Apply {
+        /// The plan file.
+        plan: PathBuf,
+    },
+}
+
+/// Runs `tickmesh backup`.
+pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    let target = dr::Target::parse(&a.to)?;
+    let r = dr::backup(&a.state_dir, &target)?;
+    let ranges: serde_json::Map<String, serde_json::Value> = r
+        .manifest
+        .sources
+        .iter()
+        .map(|(k, s)| (k.clone(), serde_json::json!({"first_seq": s.first_seq, "last_seq": s.last_seq, "records": s.records, "max_ts": s.max_ts})))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"event": "backup", "number": r.manifest.number, "kind": r.manifest.kind,
+            "segments_copied": r.segments_copied, "segments_unchanged": r.segments_unchanged,
+            "bytes_copied": r.bytes_copied, "sources": ranges})
+    );
+    Ok(())
+}
+
+/// Runs `tickmesh restore`.
+pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
+    let at = a.at.as_deref().map(dr::parse_time).transpose()?;
+    let target = dr::Target::parse(&a.from)?;
+    let r = dr::restore(&target, &a.state_dir, at)?;
+    println!(
+        "{}",
+        serde_json::json!({"event": "restored", "manifest": r.manifest, "at": at, "sources": r.sources, "audit_entries": r.audit_entries})
+    );
+    Ok(())
+}
+
+/// Runs `tickmesh recover ...`.
+pub fn recover(cmd: RecoverCmd) -> anyhow::Result<()> {
+    match cmd {
+        RecoverCmd::Plan { state_dir, from, at, out } => {
+            let at = at.as_deref().map(dr::parse_time).transpose()?;
+            let p = dr::plan(&state_dir, &from, at)?;
+            let out = out.unwrap_or_else(|| state_dir.join("recover-plan.json"));
+            if let Some(d) = out.parent() {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            std::fs::write(&out, serde_json::to_vec_pretty(&p)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "recovery plan for {} from {} (backups #{:?}){}:",
+                state_dir.display(),
+                from.join(", "),
+                p.inputs.manifest_number,
+                at.map(|t| format!(" up to ts_ingest {t}")).unwrap_or_default()
+            );
+            for s in &p.steps {
+                let r = |x: Option<(u64, u64)>| x.map(|(a, b)| format!("{a}..={b}")).unwrap_or_else(|| "none".into());
+                println!(
+                    "  {:<16} {:<8} local {:<24} backup {:<24} fetch {} segment(s){}",
+                    s.src,
+                    s.action,
+                    r(s.local),
+                    r(s.backup),
+                    s.fetch.len(),
+                    s.backup_from.as_ref().map(|f| format!(" from {f}")).unwrap_or_default()
+                );
+                println!("  {:<16} then: {}", "", s.then);
+            }
+            if p.restore_audit {
+                println!("  audit log: restored from the backup (none is here)");
+            }
+            println!(
+                "plan written to {}; review it, then run: tickmesh recover apply {}",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        RecoverCmd::Apply { plan } => {
+            let text = std::fs::read(&plan).with_context(|| format!("reading the plan {}", plan.display()))?;
+            let p: dr::RecoverPlan = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a plan written by `tickmesh recover plan`", plan.display()))?;
+            let r = dr::apply(&p)?;
+            println!(
+                "{}",
+                serde_json::json!({"event": "recovered", "restored": r.restored, "kept": r.kept,
+                "moved_aside": r.moved_aside, "audit_entries": r.audit_entries})
+            );
+            Ok(())
+        }
+    }
+}
