@@ -92,6 +92,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Operate regions: drain, undrain.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Print a signed client token.
     Token {
         /// HS256 key file (as the regions trust it).
@@ -147,6 +152,43 @@ enum BenchCmd {
         #[arg(long, default_value = "off")]
         wan: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Stop REGION taking connections, send its clients `reconnect`, close the rest (1012) after the grace.
+    Drain {
+        /// The region.
+        region: String,
+        /// Grace period in ms before the remaining clients are closed (server default 5000).
+        #[arg(long)]
+        grace_ms: Option<u64>,
+        #[command(flatten)]
+        at: AdminTarget,
+    },
+    /// Let REGION take connections again.
+    Undrain {
+        /// The region.
+        region: String,
+        #[command(flatten)]
+        at: AdminTarget,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AdminTarget {
+    /// Any region's HTTP URL (it passes the request on to REGION).
+    #[arg(long)]
+    url: Option<String>,
+    /// A node configuration listing the regions (REGION's http_url is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A demo's state directory (its configs, and its key to mint an admin token).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Admin token (else $TICKMESH_ADMIN_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +296,15 @@ fn main() -> anyhow::Result<()> {
                 duration: std::time::Duration::from_secs(duration),
                 wan,
             })
+        }
+        Cmd::Admin { cmd } => {
+            use tickmesh::cmd::admin::{run, Action, AdminOptions};
+            let (action, region, grace_ms, at) = match cmd {
+                AdminCmd::Drain { region, grace_ms, at } => (Action::Drain, region, grace_ms, at),
+                AdminCmd::Undrain { region, at } => (Action::Undrain, region, None, at),
+            };
+            let AdminTarget { url, config, state_dir, token } = at;
+            run(AdminOptions { action, region, url, config, state_dir, token, grace_ms })
         }
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {
             let secret = std::fs::read(&key).with_context(|| format!("reading the key file {}", key.display()))?;

@@ -502,7 +502,8 @@ impl Cursor for JournalCursor {
 }
 
 fn node_routes(view: Arc<NodeView>) -> Router {
-    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view)
+    let admin = crate::admin_api::routes(&view.cfg.region, &view.cfg.regions, view.shared.clone());
+    Router::new().route("/readyz", get(readyz)).route("/v1/regions", get(regions)).with_state(view).merge(admin)
 }
 
 /// Why this region should not take traffic now (empty: ready).

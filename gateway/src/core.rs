@@ -28,7 +28,9 @@ pub(crate) struct Core {
     pub(crate) index: usize,
     pub(crate) cfg: GatewayConfig,
     pub(crate) shared: Arc<GatewayShared>,
-    sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
+    pub(crate) sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
+    /// This core's progress through a drain (see `drain.rs`).
+    pub(crate) drain: RefCell<crate::drain::CoreDrain>,
     /// Highest `seq` per source dispatched on this core: what heartbeats report.
     pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
     /// Books of the `book` channel, at this core's position.
@@ -190,6 +192,7 @@ pub(crate) async fn run_core(
         books: RefCell::new(crate::books::CoreBooks::default()),
         shared,
         sessions: RefCell::new(BTreeMap::new()),
+        drain: RefCell::new(crate::drain::CoreDrain::default()),
         next_id: std::cell::Cell::new(0),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
@@ -226,6 +229,7 @@ pub(crate) async fn run_core(
         loop {
             tick.tick().await;
             hb_core.heartbeats();
+            crate::drain::CoreDrain::tick(&hb_core, Instant::now());
         }
     });
     let mut batch = Vec::with_capacity(1024);
