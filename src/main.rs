@@ -137,6 +137,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// SIGKILL the region a client is on, N times: time to the first resumed record, records lost and duplicated.
+    Failover {
+        /// Kills (each on a fresh demo).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Regions; the client starts on the first, the reference client is on the last.
+        #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1,ap-southeast-1")]
+        regions: Vec<String>,
+        /// Records per second per region.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
+        #[arg(long, default_value = "real")]
+        wan: String,
+        /// Seconds of reading before the kill.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Seconds of reading after the kill.
+        #[arg(long, default_value_t = 4)]
+        after: u64,
+    },
     /// Ingest-to-client latency through real region processes on this machine.
     E2e {
         /// Regions to run, comma-separated.
@@ -288,6 +309,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
+        }
+        Cmd::Bench { cmd: BenchCmd::Failover { runs, regions, rate, wan, warmup, after } } => {
+            use std::time::Duration;
+            tickmesh::cmd::bench_failover::run(tickmesh::cmd::bench_failover::FailoverOptions {
+                runs,
+                regions,
+                rate,
+                wan,
+                warmup: Duration::from_secs(warmup),
+                after: Duration::from_secs(after),
+            })
         }
         Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {
             tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {

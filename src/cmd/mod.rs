@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_failover;
 pub mod bench_ingest;
 pub mod certs;
 pub mod ingest;
