@@ -157,6 +157,9 @@ enum BenchCmd {
         /// Seconds of reading after the kill.
         #[arg(long, default_value_t = 4)]
         after: u64,
+        /// `kill` (SIGKILL: sockets are reset) or `freeze` (SIGSTOP: sockets stay open and silent).
+        #[arg(long, default_value = "kill", value_parser = ["kill", "freeze"])]
+        fault: String,
     },
     /// Ingest-to-client latency through real region processes on this machine.
     E2e {
@@ -310,8 +313,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }
-        Cmd::Bench { cmd: BenchCmd::Failover { runs, regions, rate, wan, warmup, after } } => {
+        Cmd::Bench { cmd: BenchCmd::Failover { runs, regions, rate, wan, warmup, after, fault } } => {
             use std::time::Duration;
+            use tickmesh::cmd::bench_failover::Fault;
+            let fault = if fault == "freeze" { Fault::Freeze } else { Fault::Kill };
             tickmesh::cmd::bench_failover::run(tickmesh::cmd::bench_failover::FailoverOptions {
                 runs,
                 regions,
@@ -319,6 +324,7 @@ fn main() -> anyhow::Result<()> {
                 wan,
                 warmup: Duration::from_secs(warmup),
                 after: Duration::from_secs(after),
+                fault,
             })
         }
         Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {

@@ -145,3 +145,16 @@ async fn sigkill_of_the_region_loses_and_duplicates_nothing() {
 async fn drain_of_the_region_loses_and_duplicates_nothing() {
     failover(Fault::Drain).await;
 }
+
+/// `tickmesh bench failover` runs end to end and meets its own targets (it exits non-zero
+/// when a record is lost or duplicated, or the first resumed record takes 2 s or more).
+#[test]
+fn bench_failover_reports_no_loss() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args(["bench", "failover", "--runs", "1", "--rate", "300", "--warmup", "2", "--after", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("lost 0, duplicated 0"), "{stdout}");
+}

@@ -504,6 +504,12 @@ impl Client {
         self.current.as_ref().map(|r| r.region.as_str())
     }
 
+    /// How long the connection may stay silent before it counts as lost: three heartbeat
+    /// intervals of the latest `hello`.
+    pub fn silence_limit(&self) -> Duration {
+        self.tracker.silence_limit()
+    }
+
     /// The failover list in use.
     pub fn failover_list(&self) -> &[RegionLink] {
         &self.regions

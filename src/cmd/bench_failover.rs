@@ -23,6 +23,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Client, Event};
 
+/// How the region fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL: the kernel closes the region's sockets (a crashed process).
+    Kill,
+    /// SIGSTOP: sockets stay open and silent (a hung host or a partition); only the
+    /// heartbeat deadline can notice.
+    Freeze,
+}
+
 /// Options of `bench failover`.
 #[derive(Debug, Clone)]
 pub struct FailoverOptions {
@@ -38,6 +48,8 @@ pub struct FailoverOptions {
     pub warmup: Duration,
     /// Reading after the kill.
     pub after: Duration,
+    /// Kill or freeze.
+    pub fault: Fault,
 }
 
 struct Up {
@@ -97,6 +109,7 @@ fn start_demo(o: &FailoverOptions, run: u32) -> anyhow::Result<(DemoProc, Vec<Up
 struct RunResult {
     detect: Duration,
     resume: Duration,
+    silence_limit: Duration,
     compared: usize,
     lost: usize,
     duplicated: usize,
@@ -140,8 +153,9 @@ async fn one_run(o: &FailoverOptions, ups: &[Up], token: &str) -> anyhow::Result
     loop {
         let now = tokio::time::Instant::now();
         if killed_at.is_none() && now >= start + o.warmup {
+            let sig = if o.fault == Fault::Kill { libc::SIGKILL } else { libc::SIGSTOP };
             // SAFETY: a plain syscall on a pid the demo reported.
-            unsafe { libc::kill(first.pid as i32, libc::SIGKILL) };
+            unsafe { libc::kill(first.pid as i32, sig) };
             killed_at = Some(Instant::now());
         }
         let wake = if killed_at.is_none() { start + o.warmup } else { end };
@@ -167,6 +181,10 @@ async fn one_run(o: &FailoverOptions, ups: &[Up], token: &str) -> anyhow::Result
                 _ => {}
             },
         }
+    }
+    if o.fault == Fault::Freeze {
+        // SAFETY: as above; a stopped region would hold up the demo's shutdown.
+        unsafe { libc::kill(first.pid as i32, libc::SIGKILL) };
     }
     let want = reference.await??;
     let mut compared = 0;
@@ -196,6 +214,7 @@ async fn one_run(o: &FailoverOptions, ups: &[Up], token: &str) -> anyhow::Result
     Ok(RunResult {
         detect: detect.context("the client never noticed the kill")?,
         resume: resume.context("no record arrived from another region after the kill")?,
+        silence_limit: client.silence_limit(),
         compared,
         lost,
         duplicated,
@@ -212,8 +231,9 @@ pub fn run(o: FailoverOptions) -> anyhow::Result<()> {
         bail!("--runs 0 measures nothing; use 1 or more");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let what = if o.fault == Fault::Kill { "SIGKILL" } else { "SIGSTOP (silent region)" };
     println!(
-        "failover after SIGKILL: {} regions ({}), --wan {}, {} rec/s per region, warm-up {:?}, then {:?}",
+        "failover after {what}: {} regions ({}), --wan {}, {} rec/s per region, warm-up {:?}, then {:?}",
         o.regions.len(),
         o.regions.join(","),
         o.wan,
@@ -246,12 +266,25 @@ pub fn run(o: FailoverOptions) -> anyhow::Result<()> {
     let max = resume[resume.len() - 1];
     let lost: usize = results.iter().map(|r| r.lost).sum();
     let dup: usize = results.iter().map(|r| r.duplicated).sum();
+    // A silent region is noticed only after three heartbeat intervals (PROTOCOL.md), so
+    // the 2 s target holds for it only with gateway.heartbeat_ms of 600 or less.
+    let limit = match o.fault {
+        Fault::Kill => Duration::from_secs(2),
+        Fault::Freeze => results[0].silence_limit + Duration::from_secs(2),
+    };
+    if o.fault == Fault::Freeze {
+        println!(
+            "a silent region is noticed after 3 heartbeats = {:?} (from hello); target here {limit:?}",
+            results[0].silence_limit
+        );
+    }
     println!(
-        "kill to first resumed record: p50 {:.1} ms, max {:.1} ms (target < 2000 ms); lost {lost}, duplicated {dup} (target 0)",
+        "kill to first resumed record: p50 {:.1} ms, max {:.1} ms (target < {} ms); lost {lost}, duplicated {dup} (target 0)",
         p50.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
+        max.as_secs_f64() * 1e3,
+        limit.as_millis()
     );
-    if max >= Duration::from_secs(2) || lost > 0 || dup > 0 {
+    if max >= limit || lost > 0 || dup > 0 {
         bail!("a target was missed");
     }
     Ok(())
