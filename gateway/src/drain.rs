@@ -2,9 +2,9 @@
 //! next region, and close what is left with 1012 after a grace period.
 //!
 //! The plan ([`DrainPlan`]) lives in [`GatewayShared`](crate::GatewayShared); each core
-//! carries it out for its own sessions from its heartbeat tick ([`CoreDrain::tick`]), so
+//! carries it out for its own sessions from its heartbeat tick (`CoreDrain::tick`), so
 //! nothing crosses threads per session and the per-record path is untouched. The decision
-//! logic is a plain struct with time passed in ([`CoreDrain::step`]) and is tested alone.
+//! logic is a plain struct with time passed in (`CoreDrain::step`) and is tested alone.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
