@@ -254,3 +254,44 @@ async fn nothing_reachable_says_which_urls_failed() {
     assert!(Client::builder().token("t").subscribe(["trades"], ["*"]).build().is_err());
     assert!(Client::builder().regions(["http://x"]).subscribe(["trades"], ["*"]).build().is_err());
 }
+
+/// Serves one HTTP answer with `body` (chunked, as axum may send it) and returns the URL.
+async fn route_server(body: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/route?geo=DE", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /v1/route?geo=DE HTTP/1.1"));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await.unwrap();
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_route_answer_picks_the_region_and_its_alternates() {
+    let (lb, ub) = listener().await;
+    let (la, ua) = listener().await;
+    drop(la); // the routed region is down: the alternate is used
+    let body = json!({"region":"r-a","ws_url":ua,"http_url":"http://x","alternates":[{"region":"r-b","ws_url":ub,"http_url":"http://y"}]});
+    let route = route_server(body.to_string()).await;
+    let hb = hello("r-b", 1000, &[("r-b", ub.as_str())]);
+    let b = serve(lb, move |mut ws| async move {
+        handshake(&mut ws, hb).await;
+        send(&mut ws, trade("S", 1)).await;
+        let _ = ws.next().await;
+    });
+    let mut c = Client::builder().route_url(route).token("t").subscribe(["trades"], ["*"]).build().unwrap();
+    c = c.connect().await.unwrap();
+    assert_eq!(c.failover_list()[0].region, "r-b", "the hello list replaces the routed one");
+    let (recs, _) = collect(&mut c, 1).await;
+    assert_eq!(recs[0].2, "r-b");
+    drop(c);
+    b.await.unwrap();
+}
