@@ -224,3 +224,38 @@ def test_refused_and_unreachable_are_errors():
         Client([])
     with pytest.raises(ClientError):
         Client(["http://x"])
+
+
+def test_a_route_answer_picks_the_region_and_its_alternates():
+    async def main():
+        b = await Region().start()
+        down = await Region().start()
+        down_url = down.url
+        await down.stop()
+
+        async def script_b(ws):
+            await handshake(ws, hello("r-b", 1000, [("r-b", b.url)]))
+            await ws.send(json.dumps(trade("S", 1)))
+            await ws.wait_closed()
+
+        b.script = script_b
+        body = json.dumps({"region": "r-a", "ws_url": down_url, "http_url": "http://x",
+                           "alternates": [{"region": "r-b", "ws_url": b.url, "http_url": "http://y"}]}).encode()
+
+        async def http(reader, writer):
+            line = await reader.readline()
+            assert line.startswith(b"GET /v1/route?geo=DE HTTP/1.1"), line
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(http, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = await Client(route_url=f"http://127.0.0.1:{port}/v1/route?geo=DE", token="t").connect()
+        recs, _ = await collect(c, 1)
+        assert recs[0].region == "r-b"
+        await c.close()
+        srv.close()
+        await b.stop()
+    run(main())
