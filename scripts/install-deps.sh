@@ -25,6 +25,10 @@ if ! cmp -s scripts/requirements-test.txt "$VENV/.installed" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
   cp scripts/requirements-test.txt "$VENV/.installed"
 fi
+# The Python client package (clients/python), editable so its tests run this tree's code.
+if ! "$VENV/bin/python" -c 'import tickmesh_client, os, sys; sys.exit(0 if os.path.realpath(tickmesh_client.__file__).startswith(os.path.realpath("clients/python")) else 1)' 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e clients/python
+fi
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
 cargo clippy --version >/dev/null

@@ -13,11 +13,16 @@
 //! * [`metrics`]: the Prometheus recorder and process metrics.
 //! * [`cmd`]: subcommands (`certs`, `audit`).
 //! * [`audit_http`]: `GET /v1/audit`, the audit trail for admins.
+//! * [`admin_api`]: `POST /v1/admin/drain` and `/v1/admin/undrain` on every node.
+//! * [`client`]: [`client::Client`], the Rust client library: failover with `resume`,
+//!   every record exactly once.
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
 pub mod audit_http;
+pub mod admin_api;
+pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod demo;

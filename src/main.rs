@@ -109,10 +109,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
-    /// Operator commands, sent to the regions' admin HTTP API.
+    /// Operate regions: drain, undrain, route weights.
     Admin {
         #[command(subcommand)]
-        cmd: tickmesh::cmd::admin_route::AdminRouteCmd,
+        cmd: AdminCmd,
     },
     /// DNS server answering with the nearest healthy region (EDNS Client Subnet, weights).
     Router(tickmesh::cmd::router::RouterArgs),
@@ -156,6 +156,30 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// SIGKILL the region a client is on, N times: time to the first resumed record, records lost and duplicated.
+    Failover {
+        /// Kills (each on a fresh demo).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Regions; the client starts on the first, the reference client is on the last.
+        #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1,ap-southeast-1")]
+        regions: Vec<String>,
+        /// Records per second per region.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
+        #[arg(long, default_value = "real")]
+        wan: String,
+        /// Seconds of reading before the kill.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Seconds of reading after the kill.
+        #[arg(long, default_value_t = 4)]
+        after: u64,
+        /// `kill` (SIGKILL: sockets are reset) or `freeze` (SIGSTOP: sockets stay open and silent).
+        #[arg(long, default_value = "kill", value_parser = ["kill", "freeze"])]
+        fault: String,
+    },
     /// Ingest-to-client latency through real region processes on this machine.
     E2e {
         /// Regions to run, comma-separated.
@@ -176,6 +200,45 @@ enum BenchCmd {
     /// One server of `bench fanout`, run as its child process.
     #[command(hide = true)]
     FanoutServer(tickmesh::cmd::bench_fanout::ServerArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Stop REGION taking connections, send its clients `reconnect`, close the rest (1012) after the grace.
+    Drain {
+        /// The region.
+        region: String,
+        /// Grace period in ms before the remaining clients are closed (server default 5000).
+        #[arg(long)]
+        grace_ms: Option<u64>,
+        #[command(flatten)]
+        at: AdminTarget,
+    },
+    /// Let REGION take connections again.
+    Undrain {
+        /// The region.
+        region: String,
+        #[command(flatten)]
+        at: AdminTarget,
+    },
+    #[command(flatten)]
+    Route(tickmesh::cmd::admin_route::AdminRouteCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct AdminTarget {
+    /// Any region's HTTP URL (it passes the request on to REGION).
+    #[arg(long)]
+    url: Option<String>,
+    /// A node configuration listing the regions (REGION's http_url is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A demo's state directory (its configs, and its key to mint an admin token).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Admin token (else $TICKMESH_ADMIN_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,6 +343,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }
+        Cmd::Bench { cmd: BenchCmd::Failover { runs, regions, rate, wan, warmup, after, fault } } => {
+            use std::time::Duration;
+            use tickmesh::cmd::bench_failover::Fault;
+            let fault = if fault == "freeze" { Fault::Freeze } else { Fault::Kill };
+            tickmesh::cmd::bench_failover::run(tickmesh::cmd::bench_failover::FailoverOptions {
+                runs,
+                regions,
+                rate,
+                wan,
+                warmup: Duration::from_secs(warmup),
+                after: Duration::from_secs(after),
+                fault,
+            })
+        }
         Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {
             tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
                 regions,
@@ -288,7 +365,17 @@ fn main() -> anyhow::Result<()> {
                 wan,
             })
         }
-        Cmd::Admin { cmd } => tickmesh::cmd::admin_route::run(cmd),
+        Cmd::Admin { cmd: AdminCmd::Route(c) } => tickmesh::cmd::admin_route::run(c),
+        Cmd::Admin { cmd } => {
+            use tickmesh::cmd::admin::{run, Action, AdminOptions};
+            let (action, region, grace_ms, at) = match cmd {
+                AdminCmd::Drain { region, grace_ms, at } => (Action::Drain, region, grace_ms, at),
+                AdminCmd::Undrain { region, at } => (Action::Undrain, region, None, at),
+                AdminCmd::Route(_) => unreachable!("matched above"),
+            };
+            let AdminTarget { url, config, state_dir, token } = at;
+            run(AdminOptions { action, region, url, config, state_dir, token, grace_ms })
+        }
         Cmd::Router(args) => {
             init_tracing(None);
             tickmesh::cmd::router::run(args)

@@ -613,12 +613,14 @@ impl Cursor for JournalCursor {
 fn node_routes(view: Arc<NodeView>) -> Router {
     let route = crate::route_http::routes(view.route.clone());
     let audit = crate::audit_http::router(view.shared.clone(), view.audit.clone());
+    let admin = crate::admin_api::routes(&view.cfg.region, &view.cfg.regions, view.shared.clone());
     Router::new()
         .route("/readyz", get(readyz))
         .route("/v1/regions", get(regions))
         .with_state(view)
         .merge(route)
         .merge(audit)
+        .merge(admin)
 }
 
 /// Why this region should not take traffic now (empty: ready).

@@ -37,12 +37,14 @@ pub(crate) struct Core {
     pub(crate) index: usize,
     pub(crate) cfg: GatewayConfig,
     pub(crate) shared: Arc<GatewayShared>,
-    sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
+    pub(crate) sessions: RefCell<BTreeMap<u64, Rc<SessionHandle>>>,
     /// Who takes what: a record touches only its subscribers.
     subindex: RefCell<SubIndex>,
     /// `index` lookups resolved to handles, per (channel, symbol); cleared whenever a
     /// session's subscriptions change or a session leaves.
     subscribers: RefCell<HashMap<(Option<&'static str>, Symbol), Subscribers>>,
+    /// This core's progress through a drain (see `drain.rs`).
+    pub(crate) drain: RefCell<crate::drain::CoreDrain>,
     /// Highest `seq` per source dispatched on this core: what heartbeats report.
     pub(crate) positions: RefCell<BTreeMap<SourceId, u64>>,
     /// Books of the `book` channel, at this core's position.
@@ -322,6 +324,7 @@ pub(crate) async fn run_core(
         sessions: RefCell::new(BTreeMap::new()),
         subindex: RefCell::new(SubIndex::default()),
         subscribers: RefCell::new(HashMap::new()),
+        drain: RefCell::new(crate::drain::CoreDrain::default()),
         next_id: std::cell::Cell::new(0),
         #[cfg(feature = "io-uring")]
         uring: if cfg.io_backend == "io_uring" {
@@ -371,6 +374,7 @@ pub(crate) async fn run_core(
         loop {
             tick.tick().await;
             hb_core.heartbeats();
+            crate::drain::CoreDrain::tick(&hb_core, Instant::now());
         }
     });
     // The dispatcher is a task like the sessions, not the LocalSet's main future: the main

@@ -135,12 +135,8 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 }
 
 async fn ws_upgrade(State(shared): State<Arc<GatewayShared>>, mut req: Request) -> Response {
-    if shared.is_draining() {
-        return http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            &format!("region {} is draining; connect to the next region of /v1/regions", shared.region()),
-        );
+    if let Some(plan) = shared.drain_plan() {
+        return crate::drain::refuse_upgrade(shared.region(), &plan);
     }
     let query = req.uri().query().map(str::to_owned);
     let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());

@@ -12,6 +12,7 @@
 //! * [`protocol`]: requests and replies of PROTOCOL.md, no I/O.
 //! * [`ws`]: WebSocket frames (RFC 6455), sans-I/O.
 //! * [`auth`]: JWT verification (HS256, EdDSA) and entitlements.
+//! * [`drain`]: [`drain::DrainPlan`], refuse new connections, `reconnect`, then 1012.
 //! * `http`: `/v1/ws`, `/healthz`, `/metrics`, `/` on the same port.
 //! * [`config`]: [`GatewayConfig`] and its `validate()`.
 //!
@@ -23,6 +24,7 @@ pub mod auth;
 mod books;
 pub mod config;
 mod core;
+pub mod drain;
 pub mod error;
 pub mod fanout;
 pub mod hops;

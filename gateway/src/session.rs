@@ -241,7 +241,11 @@ impl SessionState {
         {
             return false;
         }
-        run.iter().all(|e| !self.replaying.contains(&e.src) && self.floors.get(&e.src).is_none_or(|f| e.seq > *f))
+        run.iter().all(|e| {
+            !self.replaying.contains(&e.src)
+                && self.floors.get(&e.src).is_none_or(|f| e.seq > *f)
+                && e.visible_to(&self.params.claims.sub)
+        })
     }
 
     /// Queues `count` prebuilt data frames in one buffer (see [`SessionState::takes_run_whole`]).

@@ -31,6 +31,8 @@ pub struct GatewayShared {
     positions: Mutex<BTreeMap<SourceId, u64>>,
     metrics: MetricsFn,
     draining: AtomicBool,
+    drain: Mutex<Option<crate::drain::DrainPlan>>,
+    drain_generation: std::sync::atomic::AtomicU64,
     journal: std::sync::OnceLock<std::sync::Arc<tickmesh_journal::Journal>>,
     hops: crate::hops::Hops,
 }
@@ -52,6 +54,8 @@ impl GatewayShared {
             positions: Mutex::new(BTreeMap::new()),
             metrics,
             draining: AtomicBool::new(false),
+            drain: Mutex::new(None),
+            drain_generation: std::sync::atomic::AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
             hops: crate::hops::Hops::new(),
         }
@@ -134,8 +138,39 @@ impl GatewayShared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Sets the draining state.
+    /// Sets the draining state (a drain with the default grace period, or none).
     pub fn set_draining(&self, v: bool) {
-        self.draining.store(v, Ordering::Relaxed)
+        if v {
+            self.start_drain(crate::drain::DEFAULT_GRACE);
+        } else {
+            self.undrain();
+        }
+    }
+
+    /// Starts draining: new upgrades get 503, every core sends its clients `reconnect`
+    /// naming the next region of the failover list and closes the rest with 1012 after
+    /// `grace`. Draining again restarts the grace period.
+    pub fn start_drain(&self, grace: std::time::Duration) -> crate::drain::DrainPlan {
+        let next = self.regions().into_iter().find(|r| r.region != self.region);
+        let generation = self.drain_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let plan = crate::drain::DrainPlan { generation, next, started: std::time::Instant::now(), grace };
+        *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
+        self.draining.store(true, Ordering::Relaxed);
+        plan
+    }
+
+    /// Ends a drain: the region takes connections again.
+    pub fn undrain(&self) {
+        self.drain_generation.fetch_add(1, Ordering::Relaxed);
+        *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.draining.store(false, Ordering::Relaxed);
+    }
+
+    /// The drain in force, if any.
+    pub fn drain_plan(&self) -> Option<crate::drain::DrainPlan> {
+        if !self.is_draining() {
+            return None;
+        }
+        self.drain.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
