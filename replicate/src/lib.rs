@@ -13,6 +13,7 @@
 //! node sees it.
 
 pub mod error;
+pub mod link;
 pub mod mesh;
 pub mod store;
 pub mod tls;
