@@ -46,7 +46,7 @@
 //! transfers: no check, no audit.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tickmesh_codec::{frame, SourceId};
 
@@ -433,8 +433,8 @@ struct Serve {
 struct Conn {
     peer: String,
     dir: ConnDir,
-    streams: HashMap<StreamId, StreamKind>,
-    bufs: HashMap<StreamId, BytesMut>,
+    streams: BTreeMap<StreamId, StreamKind>,
+    bufs: BTreeMap<StreamId, BytesMut>,
     next_stream: StreamId,
     hello: bool,
     /// Last heartbeat `t` received and when (for the echo).
@@ -467,7 +467,7 @@ pub struct MeshCore {
     audit: Arc<dyn TransferAudit>,
     now: u64,
     peers: BTreeMap<String, Peer>,
-    conns: HashMap<ConnId, Conn>,
+    conns: BTreeMap<ConnId, Conn>,
     /// Highest `seq` held per source (store at start, then every delivery).
     have: BTreeMap<SourceId, u64>,
     subs: BTreeMap<SourceId, Sub>,
@@ -518,7 +518,7 @@ impl MeshCore {
             audit,
             now,
             peers,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             have,
             subs: BTreeMap::new(),
             agg: BTreeMap::new(),
@@ -627,8 +627,8 @@ impl MeshCore {
         let mut c = Conn {
             peer: peer.clone(),
             dir,
-            streams: HashMap::new(),
-            bufs: HashMap::new(),
+            streams: BTreeMap::new(),
+            bufs: BTreeMap::new(),
             next_stream: 0,
             hello: false,
             last_t: 0,
