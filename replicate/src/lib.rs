@@ -21,6 +21,7 @@ pub mod transfer;
 pub mod wan;
 
 pub use error::{Error, Result};
+pub use link::{Role, SourceView};
 pub use mesh::{Inbound, Mesh, MeshConfig, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use store::{Cursor, MemoryStore, RecordStore};
 pub use transfer::{AllowAll, DataClass, Decision, Direction, NoAudit, Transfer, TransferAudit, TransferPolicy};
