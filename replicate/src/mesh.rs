@@ -156,6 +156,7 @@ impl MeshStatus {
 /// source, continuing what the node holds.
 pub type Inbound = Arc<dyn Fn(Bytes) + Send + Sync>;
 
+#[derive(Debug)]
 enum Command {
     AddPeer(PeerConfig),
     RemovePeer(String),
@@ -169,6 +170,28 @@ pub struct Mesh {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     cmds: mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Changes the peers of a running mesh; see [`Mesh::handle`].
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    cmds: mpsc::UnboundedSender<Command>,
+}
+
+impl MeshHandle {
+    /// See [`Mesh::add_peer`].
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<()> {
+        self.cmds
+            .send(Command::AddPeer(peer))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// See [`Mesh::remove_peer`].
+    pub fn remove_peer(&self, region: &str) -> Result<()> {
+        self.cmds
+            .send(Command::RemovePeer(region.to_owned()))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
 }
 
 /// Everything the mesh needs to start.
@@ -268,16 +291,17 @@ impl Mesh {
     /// Runtime join: starts dialing `peer` and accepts its certificate from now on. A
     /// region already known gets the new address.
     pub fn add_peer(&self, peer: PeerConfig) -> Result<()> {
-        self.cmds
-            .send(Command::AddPeer(peer))
-            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+        self.handle().add_peer(peer)
     }
 
     /// Stops dialing `region`, closes its connections and refuses its certificate.
     pub fn remove_peer(&self, region: &str) -> Result<()> {
-        self.cmds
-            .send(Command::RemovePeer(region.to_owned()))
-            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+        self.handle().remove_peer(region)
+    }
+
+    /// A cloneable handle for [`Mesh::add_peer`] / [`Mesh::remove_peer`] (for admin routes).
+    pub fn handle(&self) -> MeshHandle {
+        MeshHandle { cmds: self.cmds.clone() }
     }
 
     /// Closes every connection and joins the thread.
