@@ -340,6 +340,8 @@ pub struct LinkStats {
 pub struct PeerView {
     /// Peer region.
     pub region: String,
+    /// We dial it (a configured peer or upstream); otherwise it only dials us.
+    pub dialed: bool,
     /// Our dialed connection is up, hello received, heartbeats on time.
     pub healthy: bool,
     /// The peer has a connection to us that we serve.
@@ -1300,6 +1302,7 @@ impl MeshCore {
             .iter()
             .map(|(r, p)| PeerView {
                 region: r.clone(),
+                dialed: p.configured,
                 healthy: self.healthy(r),
                 serving: !p.accepted.is_empty(),
                 rtt_us: p.rtt_ns / 1000,

@@ -613,6 +613,8 @@ impl Driver {
             .core
             .peers()
             .into_iter()
+            // This region's gateway nodes dial us; they are not peer regions.
+            .filter(|v| v.dialed || v.region != self.region)
             .map(|v| PeerState {
                 rtt_ms: if v.rtt_us > 0 {
                     v.rtt_us as f64 / 1000.0
