@@ -216,7 +216,9 @@ impl NodeConfig {
                     p.push("role = \"gateway\" takes no feeds; remove [[feeds]] or use role = \"all\"".into());
                 }
                 if upstream.is_none() {
-                    p.push("role = \"gateway\" needs mesh.upstream = \"host:port\" of this region's ingest node".into());
+                    p.push(
+                        "role = \"gateway\" needs mesh.upstream = \"host:port\" of this region's ingest node".into(),
+                    );
                 }
                 if self.mesh.as_ref().is_some_and(|m| !m.peers.is_empty()) {
                     p.push("role = \"gateway\" has one upstream and no mesh.peers; remove mesh.peers".into());

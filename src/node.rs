@@ -540,7 +540,11 @@ async fn add_peer(State(v): State<Arc<NodeView>>, req: axum::extract::Request) -
     let query = req.uri().query().map(str::to_owned);
     let authz = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let Some(token) = tickmesh_gateway::auth::token_from_request(query.as_deref(), authz) else {
-        return http_error(StatusCode::UNAUTHORIZED, "missing_token", "no token; pass Authorization: Bearer JWT with role admin");
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "no token; pass Authorization: Bearer JWT with role admin",
+        );
     };
     let claims = match v.shared.verifier().verify(&token, tickmesh_codec::now_ns() / 1_000_000_000) {
         Ok(c) => c,
@@ -579,7 +583,11 @@ async fn add_peer(State(v): State<Arc<NodeView>>, req: axum::extract::Request) -
         return http_error(StatusCode::BAD_REQUEST, "bad_request", &problems.join("; "));
     }
     let Some(ctl) = v.mesh_ctl.get() else {
-        return http_error(StatusCode::CONFLICT, "no_mesh", "this node runs without [mesh]; configure it to join peers");
+        return http_error(
+            StatusCode::CONFLICT,
+            "no_mesh",
+            "this node runs without [mesh]; configure it to join peers",
+        );
     };
     if let Err(e) = ctl.add_peer(tickmesh_replicate::PeerConfig { region: p.region.clone(), addr: p.addr.clone() }) {
         return http_error(StatusCode::SERVICE_UNAVAILABLE, "mesh_stopped", &e.to_string());

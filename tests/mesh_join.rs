@@ -185,10 +185,8 @@ fn a_fourth_region_joins_by_admin_call_and_backfills() {
     std::thread::sleep(Duration::from_secs(2));
     drop(node);
     drop(demo);
-    let all: BTreeMap<&str, _> = ["us-east-1", "eu-west-1", "ap-southeast-1", new]
-        .into_iter()
-        .map(|r| (r, journal(&state.join(r))))
-        .collect();
+    let all: BTreeMap<&str, _> =
+        ["us-east-1", "eu-west-1", "ap-southeast-1", new].into_iter().map(|r| (r, journal(&state.join(r)))).collect();
     let reference = &all[new];
     assert_eq!(reference.len(), 4, "the new region holds all four sources: {:?}", reference.keys());
     for (region, j) in &all {

@@ -42,8 +42,11 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     panic!("{what} did not happen within {limit:?}");
 }
 
-/// Every record of every source in a region's journal, as (seq, bytes).
-fn journal(dir: &Path) -> BTreeMap<String, Vec<(u64, Vec<u8>)>> {
+/// Per source: every record as (seq, bytes).
+type Records = BTreeMap<String, Vec<(u64, Vec<u8>)>>;
+
+/// Every record of every source in a region's journal.
+fn journal(dir: &Path) -> Records {
     let (j, _) = tickmesh_journal::Journal::open(&dir.join("journal"), Default::default()).unwrap();
     let mut out = BTreeMap::new();
     for (src, _) in j.positions() {
@@ -59,7 +62,7 @@ fn journal(dir: &Path) -> BTreeMap<String, Vec<(u64, Vec<u8>)>> {
 
 /// Every region's journal holds every source as one gap-free run, and where two regions
 /// hold the same seq they hold the same bytes.
-fn assert_journals_agree(state: &Path, regions: &[&str]) -> BTreeMap<String, BTreeMap<String, Vec<(u64, Vec<u8>)>>> {
+fn assert_journals_agree(state: &Path, regions: &[&str]) -> BTreeMap<String, Records> {
     let all: BTreeMap<String, _> = regions.iter().map(|r| (r.to_string(), journal(&state.join(r)))).collect();
     let (first, reference) = all.iter().next().unwrap();
     for (region, j) in &all {

@@ -753,7 +753,9 @@ impl MeshCore {
                 c.streams.insert(stream, StreamKind::Control);
                 self.on_hello(conn, stream, &body)
             }
-            (Some(StreamKind::Pending), SUBSCRIBE) if dir == ConnDir::Accepted => self.on_subscribe(conn, stream, &body),
+            (Some(StreamKind::Pending), SUBSCRIBE) if dir == ConnDir::Accepted => {
+                self.on_subscribe(conn, stream, &body)
+            }
             (Some(StreamKind::Control), HELLO) if dir == ConnDir::Dialed => self.on_hello(conn, stream, &body),
             (Some(StreamKind::Control), HEARTBEAT) => self.on_heartbeat(conn, &body),
             (Some(StreamKind::Serve(_)), UNSUBSCRIBE) => {
@@ -788,7 +790,10 @@ impl MeshCore {
         if h.version != VERSION {
             return Err(self.perr(
                 conn,
-                format!("speaks mesh protocol version {}, this node {VERSION}; run the same tickmesh release", h.version),
+                format!(
+                    "speaks mesh protocol version {}, this node {VERSION}; run the same tickmesh release",
+                    h.version
+                ),
             ));
         }
         let Some(c) = self.conns.get_mut(&conn) else { return Ok(()) };
@@ -862,10 +867,19 @@ impl MeshCore {
         let cross = peer != self.cfg.region;
         if cross {
             if let Decision::Deny(reason) = self.policy.check(&src, &self.cfg.region, &peer, Direction::Send) {
-                self.audit.record(self.transfer(&src, &self.cfg.region, &peer, Direction::Send, Decision::Deny(reason.clone())));
+                self.audit.record(self.transfer(
+                    &src,
+                    &self.cfg.region,
+                    &peer,
+                    Direction::Send,
+                    Decision::Deny(reason.clone()),
+                ));
                 let msg = json_message(
                     REFUSED,
-                    &Refused { src: s.src.clone(), reason: format!("region {} may not send {}: {reason}", self.cfg.region, s.src) },
+                    &Refused {
+                        src: s.src.clone(),
+                        reason: format!("region {} may not send {}: {reason}", self.cfg.region, s.src),
+                    },
                 );
                 self.actions.push_back(Action::Send { conn, stream, bytes: msg, ack: false });
                 self.actions.push_back(Action::Finish { conn, stream });
@@ -967,7 +981,8 @@ impl MeshCore {
                     p.stats.denied += u64::from(count);
                 }
                 let mut t = self.transfer(&src, &peer, &self.cfg.region, Direction::Receive, Decision::Deny(reason));
-                (t.first_seq, t.last_seq, t.count, t.bytes) = (first_seq, next, u64::from(count), (body.len() - start) as u64);
+                (t.first_seq, t.last_seq, t.count, t.bytes) =
+                    (first_seq, next, u64::from(count), (body.len() - start) as u64);
                 self.audit.record(t);
                 // Stop the flow: this source is not wanted from this peer.
                 if let Some(sub) = self.subs.get_mut(&src) {
@@ -1135,9 +1150,7 @@ impl MeshCore {
         let sources = self.held();
         let links = self.links();
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        let Some(stream) =
-            c.streams.iter().find_map(|(id, k)| matches!(k, StreamKind::Control).then_some(*id))
-        else {
+        let Some(stream) = c.streams.iter().find_map(|(id, k)| matches!(k, StreamKind::Control).then_some(*id)) else {
             return;
         };
         c.next_heartbeat = now + self.cfg.heartbeat_ns;
@@ -1232,7 +1245,8 @@ impl MeshCore {
                 (Some(c), Some(w)) => {
                     // Stay on a healthy relay unless the origin is back or the new path
                     // is clearly better; flapping costs a resubscribe round trip.
-                    c == w || (self.healthy(c) && w != &origin && c != &origin && !self.much_better(&src, w, c, &origin))
+                    c == w
+                        || (self.healthy(c) && w != &origin && c != &origin && !self.much_better(&src, w, c, &origin))
                 }
                 (Some(c), None) => self.healthy(c),
                 (None, _) => false,
@@ -1248,7 +1262,8 @@ impl MeshCore {
                     if let Decision::Deny(reason) = self.policy.check(&src, &w, &self.cfg.region, Direction::Receive) {
                         let sub = self.subs.entry(src).or_default();
                         if !sub.denied_noted.insert(w.clone(), true).unwrap_or(false) {
-                            let t = self.transfer(&src, &w, &self.cfg.region, Direction::Receive, Decision::Deny(reason));
+                            let t =
+                                self.transfer(&src, &w, &self.cfg.region, Direction::Receive, Decision::Deny(reason));
                             self.audit.record(t);
                         }
                         continue;
@@ -1325,8 +1340,7 @@ impl MeshCore {
                     upstream: s.upstream.as_ref().map(|(p, _, _)| p.clone()),
                     seq,
                     lag_records: best.saturating_sub(seq),
-                    lag_ms: (s.last_ts_ingest > 0)
-                        .then(|| self.now.saturating_sub(s.last_ts_ingest) as f64 / 1e6),
+                    lag_ms: (s.last_ts_ingest > 0).then(|| self.now.saturating_sub(s.last_ts_ingest) as f64 / 1e6),
                 }
             })
             .collect()
@@ -1352,4 +1366,100 @@ fn seq_range(frames: &[u8]) -> (u64, u64) {
         rest = tail;
     }
     (first.map(seq).unwrap_or(0), last.map(seq).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::transfer::{AllowAll, NoAudit};
+
+    fn core(region: &str, peers: &[&str]) -> MeshCore {
+        let store: Arc<dyn RecordStore> = Arc::new(Arc::new(MemoryStore::default()));
+        let cfg = CoreConfig::new(region, vec![], peers.iter().map(|p| p.to_string()).collect());
+        MeshCore::new(cfg, store, Arc::new(AllowAll), Arc::new(NoAudit), 1)
+    }
+
+    fn drain(c: &mut MeshCore) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    #[test]
+    fn malformed_messages_close_the_connection_with_the_peer_named() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("length", vec![0, 0, 0, 0]),
+            ("length", (u32::MAX).to_le_bytes().to_vec()),
+            ("unexpected message type 9", message(9, b"x").to_vec()),
+            ("HELLO is not valid JSON", message(HELLO, b"{").to_vec()),
+            (
+                "version 1",
+                json_message(HELLO, &Hello { version: 1, region: "b".into(), role: Role::All, home: vec![] }).to_vec(),
+            ),
+            (
+                "certificate names b",
+                json_message(HELLO, &Hello { version: VERSION, region: "x".into(), role: Role::All, home: vec![] })
+                    .to_vec(),
+            ),
+            ("invalid source", json_message(SUBSCRIBE, &Subscribe { src: "bad id!".into(), after_seq: 0 }).to_vec()),
+        ];
+        for (want, bytes) in cases {
+            let mut c = core("a", &[]);
+            c.handle(1, Event::Connected { conn: 7, peer: "b".into(), dir: ConnDir::Accepted }).unwrap();
+            let e = c.handle(2, Event::Data { conn: 7, stream: 1, bytes: Bytes::from(bytes) }).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("peer b:") && text.contains(want), "{want}: {text}");
+            let acts = drain(&mut c);
+            assert!(acts.iter().any(|a| matches!(a, Action::Close { conn: 7, .. })), "{want}: {acts:?}");
+            assert_eq!(c.peers()[0].stats.protocol_errors, 1);
+            // Later bytes of the closed connection are ignored.
+            c.handle(3, Event::Data { conn: 7, stream: 1, bytes: Bytes::from_static(b"junk") }).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_record_in_a_batch_closes_the_link_and_nothing_is_delivered() {
+        let mut c = core("a", &["b"]);
+        c.handle(1, Event::Tick).unwrap();
+        assert!(matches!(drain(&mut c).as_slice(), [Action::Dial { peer }] if peer == "b"));
+        c.handle(2, Event::Connected { conn: 1, peer: "b".into(), dir: ConnDir::Dialed }).unwrap();
+        let hello = Hello { version: VERSION, region: "b".into(), role: Role::All, home: vec!["TEST.SRC".into()] };
+        c.handle(3, Event::Data { conn: 1, stream: 0, bytes: json_message(HELLO, &hello) }).unwrap();
+        let hb = Heartbeat {
+            t: 3,
+            echo: 0,
+            hold: 0,
+            sources: vec![Held { src: "TEST.SRC".into(), seq: 5, origin: "b".into() }],
+            links: vec![],
+        };
+        c.handle(4, Event::Data { conn: 1, stream: 0, bytes: json_message(HEARTBEAT, &hb) }).unwrap();
+        c.handle(5, Event::Tick).unwrap();
+        let acts = drain(&mut c);
+        let sub = acts.iter().find_map(|a| match a {
+            Action::OpenStream { conn: 1, stream } if *stream > 0 => Some(*stream),
+            _ => None,
+        });
+        let stream = sub.expect("subscribed to TEST.SRC");
+        assert_eq!(c.upstream(&SourceId::new("TEST.SRC").unwrap()), Some("b"));
+        let batch = |recs: &[Vec<u8>]| {
+            let mut b = vec![0u8; 4];
+            b.push(BATCH);
+            b.push(8);
+            b.extend_from_slice(b"TEST.SRC");
+            b.extend_from_slice(&9u64.to_le_bytes());
+            for r in recs {
+                frame::put_frame(r, &mut b);
+            }
+            let n = (b.len() - 4) as u32;
+            b[..4].copy_from_slice(&n.to_le_bytes());
+            Bytes::from(b)
+        };
+        let good = |s| tickmesh_codec::testing::trade(s, "AAPL", "1", "1", tickmesh_codec::Side::Buy).to_bytes();
+        c.handle(6, Event::Data { conn: 1, stream, bytes: batch(&[good(1), good(2)]) }).unwrap();
+        let acts = drain(&mut c);
+        assert!(acts.iter().any(|a| matches!(a, Action::Deliver { count: 2, first_seq: 1, last_seq: 2, .. })));
+        // A gap (seq 4 after 2) and a corrupt record are protocol errors; nothing is delivered.
+        let e = c.handle(7, Event::Data { conn: 1, stream, bytes: batch(&[good(4)]) }).unwrap_err();
+        assert!(e.to_string().contains("gap"), "{e}");
+        assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Deliver { .. })));
+    }
 }

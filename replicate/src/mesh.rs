@@ -662,7 +662,9 @@ impl Driver {
 async fn dial(endpoint: &quinn::Endpoint, addr: &str, peer: &str) -> std::result::Result<quinn::Connection, String> {
     let sock = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| format!("mesh address {addr:?} of {peer} did not resolve ({e}); check the name or use an IP address"))?
+        .map_err(|e| {
+            format!("mesh address {addr:?} of {peer} did not resolve ({e}); check the name or use an IP address")
+        })?
         .next()
         .ok_or_else(|| format!("mesh address {addr:?} of {peer} resolved to no address"))?;
     let connecting = endpoint.connect(sock, peer).map_err(|e| format!("connect to {peer} at {addr}: {e}"))?;

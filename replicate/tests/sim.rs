@@ -66,7 +66,10 @@ enum Ev {
     /// Bytes for (node, conn, stream), checked against the connection still existing.
     Data(usize, ConnId, StreamId, Bytes),
     End(usize, ConnId, StreamId),
-    Dialed { from: usize, to: usize },
+    Dialed {
+        from: usize,
+        to: usize,
+    },
     Op(Op),
 }
 
@@ -299,7 +302,10 @@ impl Sim {
                 self.conns.insert(key, SimConn { a, b, last: BTreeMap::new(), cut_since: None, parked: Vec::new() });
                 self.by_end.insert((from, a.conn), key);
                 self.by_end.insert((to, b.conn), key);
-                self.core(to, Event::Connected { conn: b.conn, peer: REGIONS[from].to_owned(), dir: ConnDir::Accepted });
+                self.core(
+                    to,
+                    Event::Connected { conn: b.conn, peer: REGIONS[from].to_owned(), dir: ConnDir::Accepted },
+                );
                 self.core(from, Event::Connected { conn: a.conn, peer: REGIONS[to].to_owned(), dir: ConnDir::Dialed });
             }
             Ev::Op(op) => self.op(op),
@@ -456,7 +462,12 @@ impl Sim {
                 let mut n = 0;
                 for r in frame::Frames::new(&frames) {
                     let r = r.unwrap();
-                    assert!(node.store.append(r.bytes()).unwrap(), "{}: store refused {src} seq {}", REGIONS[i], r.seq());
+                    assert!(
+                        node.store.append(r.bytes()).unwrap(),
+                        "{}: store refused {src} seq {}",
+                        REGIONS[i],
+                        r.seq()
+                    );
                     n += 1;
                 }
                 assert_eq!(n, count);
@@ -497,7 +508,9 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (src_of(i), n.store.positions().into_iter().find(|(s, _)| *s == src_of(i)).map_or(0, |x| x.1)))
+            .map(|(i, n)| {
+                (src_of(i), n.store.positions().into_iter().find(|(s, _)| *s == src_of(i)).map_or(0, |x| x.1))
+            })
             .collect();
         self.nodes.iter().all(|n| n.store.positions().into_iter().collect::<BTreeMap<_, _>>() == want)
     }
@@ -508,11 +521,17 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (src_of(i), n.store.positions().into_iter().find(|(s, _)| *s == src_of(i)).map_or(0, |x| x.1)))
+            .map(|(i, n)| {
+                (src_of(i), n.store.positions().into_iter().find(|(s, _)| *s == src_of(i)).map_or(0, |x| x.1))
+            })
             .collect();
         for (i, n) in self.nodes.iter().enumerate() {
             let pos: BTreeMap<SourceId, u64> = n.store.positions().into_iter().collect();
-            assert_eq!(pos, reference, "{label}: {} does not hold every source up to its origin's last seq", REGIONS[i]);
+            assert_eq!(
+                pos, reference,
+                "{label}: {} does not hold every source up to its origin's last seq",
+                REGIONS[i]
+            );
             for (src, last) in &reference {
                 let mut mine = Vec::new();
                 n.store.cursor(src, 0).unwrap().fill(&mut mine, usize::MAX).unwrap();
