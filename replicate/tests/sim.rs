@@ -157,6 +157,8 @@ struct Sim {
     appended_pending: Vec<bool>,
     /// Records each home source produces every 10 ms.
     per_produce: u64,
+    /// Each region's residency policy.
+    policies: Vec<Arc<dyn TransferPolicy>>,
 }
 
 impl Sim {
@@ -180,6 +182,7 @@ impl Sim {
             audit: Arc::new(Audit::default()),
             appended_pending: vec![false; n],
             per_produce: 3,
+            policies: (0..n).map(|_| Arc::new(Policy) as Arc<dyn TransferPolicy>).collect(),
         };
         for i in 0..n {
             sim.nodes.push(Node {
@@ -202,7 +205,7 @@ impl Sim {
         let peers = (0..n).filter(|j| *j != i).map(|j| REGIONS[j].to_owned()).collect();
         let cfg = CoreConfig::new(REGIONS[i], vec![src_of(i)], peers);
         let store: Arc<dyn RecordStore> = Arc::new(self.nodes[i].store.clone());
-        let core = MeshCore::new(cfg, store, Arc::new(Policy), self.audit.clone(), self.now);
+        let core = MeshCore::new(cfg, store, self.policies[i].clone(), self.audit.clone(), self.now);
         self.nodes[i].core = Some(core);
         self.nodes[i].epoch += 1;
         let t = self.now + 1 + (i as u64) * 3 * MS;
@@ -576,6 +579,70 @@ fn relay_around_a_cut_link_and_back() {
     let audit = sim.audit.0.lock().unwrap();
     assert!(audit.iter().any(|t| t.from == REGIONS[c] && t.to == REGIONS[b] && t.src == us.as_str() && t.count > 0));
     assert!(audit.iter().all(|t| t.decision == Decision::Allow));
+}
+
+/// Region 0's source is PII: it may not leave region 0. `send` / `receive` choose which
+/// side enforces it.
+struct PiiStaysHome {
+    send: bool,
+    receive: bool,
+}
+impl TransferPolicy for PiiStaysHome {
+    fn class_of(&self, src: &SourceId) -> DataClass {
+        if *src == src_of(0) {
+            DataClass::Pii
+        } else {
+            DataClass::MarketData
+        }
+    }
+    fn check(&self, src: &SourceId, _from: &str, _to: &str, dir: Direction) -> Decision {
+        let enforce = match dir {
+            Direction::Send => self.send,
+            Direction::Receive => self.receive,
+        };
+        if enforce && self.class_of(src) == DataClass::Pii {
+            Decision::Deny("pii stays in its home region".into())
+        } else {
+            Decision::Allow
+        }
+    }
+}
+
+#[test]
+fn pii_never_leaves_its_region_whichever_side_enforces() {
+    for (send, receive) in [(true, false), (false, true)] {
+        let mut sim = Sim::new(3, 3, 0.0, 0.0);
+        // Only the origin enforces on send, or only the receivers on receive (a
+        // misconfigured origin): either way the records stay home.
+        sim.policies = vec![
+            Arc::new(PiiStaysHome { send, receive: false }),
+            Arc::new(PiiStaysHome { send: false, receive }),
+            Arc::new(PiiStaysHome { send: false, receive }),
+        ];
+        for i in 0..3 {
+            sim.nodes[i].core = None;
+            sim.start_core(i);
+        }
+        sim.run_until(T0 + 4_000 * MS);
+        for i in 1..3 {
+            let pos: BTreeMap<SourceId, u64> = sim.nodes[i].store.positions().into_iter().collect();
+            assert!(!pos.contains_key(&src_of(0)), "{}: a PII record left its region ({send}, {receive})", REGIONS[i]);
+            assert!(pos.get(&src_of(1 + (i % 2))).is_some_and(|q| *q > 100), "market data still flows");
+        }
+        let audit = sim.audit.0.lock().unwrap();
+        let denied: Vec<_> = audit.iter().filter(|t| !t.decision.is_allowed()).collect();
+        assert!(!denied.is_empty(), "the refused attempts are audited");
+        assert!(denied.iter().all(|t| t.src == src_of(0).as_str() && t.class == DataClass::Pii), "{denied:?}");
+        let want = if send { Direction::Send } else { Direction::Receive };
+        assert!(denied.iter().all(|t| t.dir == want), "{denied:?}");
+        assert!(audit.iter().filter(|t| t.decision.is_allowed()).all(|t| t.src != src_of(0).as_str()));
+        // Allowed transfers are aggregated: at most one entry per (from, to, source, side) a second.
+        let mut per: BTreeMap<(String, String, String, bool), u64> = BTreeMap::new();
+        for t in audit.iter().filter(|t| t.decision.is_allowed()) {
+            *per.entry((t.from.clone(), t.to.clone(), t.src.clone(), t.dir == Direction::Send)).or_default() += 1;
+        }
+        assert!(per.values().all(|n| *n <= 5), "{per:?}");
+    }
 }
 
 #[test]
