@@ -123,6 +123,21 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Added latency and records per second of one mesh link, next to plain TCP.
+    Mesh {
+        /// Records per second in the latency run.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u32,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Emulated round-trip time of the link, ms (0: plain loopback).
+        #[arg(long, default_value_t = 70)]
+        rtt_ms: u32,
+        /// Records of the throughput runs.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+    },
     /// Decode rates next to third-party decoders (itchcpp, the dbn crate) and journal appends.
     Ingest {
         /// The shared data folder holding the captures.
@@ -244,6 +259,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
+        Cmd::Bench { cmd: BenchCmd::Mesh { rate, seconds, rtt_ms, records } } => {
+            tickmesh::cmd::bench_mesh::run(tickmesh::cmd::bench_mesh::MeshBenchOptions {
+                rate,
+                seconds,
+                rtt_ms,
+                records,
+            })
+        }
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }

@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod bench_ingest;
+pub mod bench_mesh;
 pub mod certs;
 pub mod ingest;
