@@ -61,6 +61,10 @@ pub const VERSION: u32 = 2;
 /// a node with many sources).
 pub const MAX_MESSAGE: usize = 4 << 20;
 
+/// Batches in flight per served stream: enough to keep a link busy during catch-up, few
+/// enough that a stuck peer holds at most a few hundred KiB of ours.
+const MAX_INFLIGHT: u32 = 4;
+
 const HELLO: u8 = 1;
 const HEARTBEAT: u8 = 2;
 const SUBSCRIBE: u8 = 3;
@@ -427,7 +431,8 @@ enum StreamKind {
 struct Serve {
     src: SourceId,
     cursor: Box<dyn Cursor>,
-    inflight: bool,
+    /// Batches handed to the driver and not yet written (at most [`MAX_INFLIGHT`]).
+    inflight: u32,
     /// Crosses a region boundary (audited).
     cross: bool,
 }
@@ -579,7 +584,7 @@ impl MeshCore {
             }
             Event::Written { conn, stream } => {
                 if let Some(StreamKind::Serve(s)) = self.conns.get_mut(&conn).and_then(|c| c.streams.get_mut(&stream)) {
-                    s.inflight = false;
+                    s.inflight = s.inflight.saturating_sub(1);
                     self.pump(conn, stream);
                 }
                 Ok(())
@@ -891,7 +896,7 @@ impl MeshCore {
         }
         let cursor = self.store.cursor(&src, s.after_seq)?;
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.streams.insert(stream, StreamKind::Serve(Box::new(Serve { src, cursor, inflight: false, cross })));
+            c.streams.insert(stream, StreamKind::Serve(Box::new(Serve { src, cursor, inflight: 0, cross })));
         }
         self.pump(conn, stream);
         Ok(())
@@ -1020,7 +1025,7 @@ impl MeshCore {
             .flat_map(|(c, conn)| {
                 conn.streams
                     .iter()
-                    .filter(|(_, k)| matches!(k, StreamKind::Serve(s) if !s.inflight))
+                    .filter(|(_, k)| matches!(k, StreamKind::Serve(s) if s.inflight < MAX_INFLIGHT))
                     .map(move |(s, _)| (*c, *s))
             })
             .collect();
@@ -1029,15 +1034,20 @@ impl MeshCore {
         }
     }
 
-    /// Sends the next batch of a served stream if none is in flight.
+    /// Sends the next batches of a served stream while fewer than [`MAX_INFLIGHT`] are in flight.
     fn pump(&mut self, conn: ConnId, stream: StreamId) {
+        while self.pump_one(conn, stream) {}
+    }
+
+    /// One batch; false when nothing was sent.
+    fn pump_one(&mut self, conn: ConnId, stream: StreamId) -> bool {
         let now = self.now;
         let max = self.cfg.batch_bytes;
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
         let peer = c.peer.clone();
-        let Some(StreamKind::Serve(s)) = c.streams.get_mut(&stream) else { return };
-        if s.inflight {
-            return;
+        let Some(StreamKind::Serve(s)) = c.streams.get_mut(&stream) else { return false };
+        if s.inflight >= MAX_INFLIGHT {
+            return false;
         }
         let name = s.src.as_str().as_bytes();
         let b = &mut self.batch;
@@ -1050,18 +1060,18 @@ impl MeshCore {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(peer = %peer, source = %s.src, error = %e, "reading the store to serve a peer failed");
-                return;
+                return false;
             }
         };
         if n == 0 {
-            return;
+            return false;
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
         let (first, last) = seq_range(&b[head..]);
         let bytes = Bytes::copy_from_slice(b);
         let rec_bytes = (b.len() - head) as u64;
-        s.inflight = true;
+        s.inflight += 1;
         let (src, cross) = (s.src, s.cross);
         self.actions.push_back(Action::Send { conn, stream, bytes, ack: true });
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -1077,6 +1087,7 @@ impl MeshCore {
             a.count += n as u64;
             a.bytes += rec_bytes;
         }
+        true
     }
 
     fn healthy(&self, peer: &str) -> bool {
