@@ -1,4 +1,4 @@
-//! The mesh driver: a thin quinn shell around the sans-I/O [`MeshCore`](crate::link::MeshCore).
+//! The mesh driver: a thin quinn shell around the sans-I/O [`MeshCore`].
 //!
 //! One endpoint per node on its own thread, `replicate-io` (a current-thread runtime).
 //! One task owns the core and turns its actions into I/O: a connection per peer (mutual
