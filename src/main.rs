@@ -87,6 +87,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Read a region's records over the mesh (read-only, certificate `tap` from the mesh CA).
+    Tap {
+        /// Region to read.
+        #[arg(long)]
+        region: String,
+        /// Its mesh address, host:port.
+        #[arg(long)]
+        mesh: String,
+        /// Directory with ca.pem, tap.pem, tap.key (`tickmesh certs issue tap --dir DIR`).
+        #[arg(long)]
+        pki: PathBuf,
+        /// Only this source.
+        #[arg(long)]
+        src: Option<String>,
+        /// First seq of --src to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// jsonl or binary (length-prefixed records).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Stop after this many records (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -259,6 +283,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
+        Cmd::Tap { region, mesh, pki, src, from, format, count } => {
+            tickmesh::cmd::tap::run(tickmesh::cmd::tap::TapOptions { region, mesh, pki, src, from, format, count })
+        }
         Cmd::Bench { cmd: BenchCmd::Mesh { rate, seconds, rtt_ms, records } } => {
             tickmesh::cmd::bench_mesh::run(tickmesh::cmd::bench_mesh::MeshBenchOptions {
                 rate,

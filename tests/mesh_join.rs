@@ -279,3 +279,52 @@ async fn gateway_nodes_serve_the_same_records_as_their_region() {
     }
     drop(gws);
 }
+
+#[test]
+fn tap_reads_a_source_from_a_seq_over_the_mesh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().to_owned();
+    let _demo = Demo::start_in(&state, &["--regions", "us-east-1,eu-west-1", "--rate", "200"], None);
+    let pki = state.join("pki");
+    let out = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args(["certs", "issue", "tap", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mesh = node_cfg(&state, "eu-west-1").mesh.unwrap().listen.to_string();
+    // eu-west-1 serves us-east-1's source too: any source a region holds.
+    let out = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args([
+            "tap",
+            "--region",
+            "eu-west-1",
+            "--mesh",
+            &mesh,
+            "--src",
+            "SYN.USE1",
+            "--from",
+            "5",
+            "--count",
+            "20",
+            "--pki",
+        ])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20);
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["src"], "SYN.USE1", "{v}");
+        assert_eq!(v["seq"], 5 + i as u64, "{v}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args(["tap", "--region", "eu-west-1", "--mesh", &mesh, "--format", "xml", "--pki"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use jsonl or binary"));
+}

@@ -368,6 +368,8 @@ impl Driver {
         let mut addrs = BTreeMap::new();
         let mut allowed = BTreeSet::new();
         allowed.insert(p.region.clone());
+        // `tickmesh tap`: read-only, it only subscribes (and the policy applies to it).
+        allowed.insert("tap".to_owned());
         if let (Role::Gateway, Some(up)) = (p.role, &p.cfg.upstream) {
             // The upstream is this region's ingest node; its certificate names our region.
             addrs.insert(p.region.clone(), up.clone());
@@ -613,8 +615,9 @@ impl Driver {
             .core
             .peers()
             .into_iter()
-            // This region's gateway nodes dial us; they are not peer regions.
-            .filter(|v| v.dialed || v.region != self.region)
+            // Only links we dial are peer regions; this region's gateway nodes and taps
+            // dial us and are not.
+            .filter(|v| v.dialed)
             .map(|v| PeerState {
                 rtt_ms: if v.rtt_us > 0 {
                     v.rtt_us as f64 / 1000.0

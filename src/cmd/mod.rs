@@ -5,3 +5,4 @@ pub mod bench_ingest;
 pub mod bench_mesh;
 pub mod certs;
 pub mod ingest;
+pub mod tap;
