@@ -466,6 +466,11 @@ impl Driver {
             // Events of connections already closed are dropped by the core.
             Msg::Core(ev) => self.event(ev),
             Msg::Dialed { peer, conn } => {
+                if !self.addrs.contains_key(&peer) {
+                    // Removed while the dial was in flight.
+                    conn.close(quinn::VarInt::from_u32(0), b"peer removed");
+                    return;
+                }
                 let id = self.register(conn, peer.clone());
                 self.event(Event::Connected { conn: id, peer, dir: ConnDir::Dialed });
             }
