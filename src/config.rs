@@ -96,6 +96,12 @@ pub struct NodeConfig {
     pub region: String,
     /// Where the journal and other state live.
     pub state_dir: PathBuf,
+    /// What this node does in its region: `all` (default: feeds, clients, mesh), `ingest`
+    /// (feeds and mesh; `/v1/ws` answers 503, health and metrics stay up) or `gateway` (no
+    /// feeds; takes every record from `mesh.upstream`, its region's ingest node, and
+    /// serves clients). See ARCHITECTURE.md "Roles".
+    #[serde(default)]
+    pub role: tickmesh_replicate::Role,
     /// Client-facing gateway.
     #[serde(default)]
     pub gateway: GatewayConfig,
@@ -225,6 +231,29 @@ impl NodeConfig {
                 ));
             }
         }
+        use tickmesh_replicate::Role;
+        let upstream = self.mesh.as_ref().and_then(|m| m.upstream.as_ref());
+        match self.role {
+            Role::Gateway => {
+                if !self.feeds.is_empty() {
+                    p.push("role = \"gateway\" takes no feeds; remove [[feeds]] or use role = \"all\"".into());
+                }
+                if upstream.is_none() {
+                    p.push(
+                        "role = \"gateway\" needs mesh.upstream = \"host:port\" of this region's ingest node".into(),
+                    );
+                }
+                if self.mesh.as_ref().is_some_and(|m| !m.peers.is_empty()) {
+                    p.push("role = \"gateway\" has one upstream and no mesh.peers; remove mesh.peers".into());
+                }
+            }
+            Role::Tap => p.push("role = \"tap\" is for `tickmesh tap`, not a node; use all, ingest or gateway".into()),
+            Role::All | Role::Ingest => {
+                if upstream.is_some() {
+                    p.push("mesh.upstream is only for role = \"gateway\"; list peer regions in mesh.peers".into());
+                }
+            }
+        }
         if !self.regions.is_empty() && !self.regions.iter().any(|e| e.region == self.region) {
             p.push(format!("regions lists no entry for this node's region {r}; add its ws_url and http_url"));
         }
@@ -270,6 +299,26 @@ mod tests {
         let p = cfg.problems();
         assert!(p.iter().any(|m| m.starts_with("residency.sources \"U*X\"")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("residency.pii.allow[0]")), "{p:?}");
+    }
+
+    #[test]
+    fn roles_are_checked() {
+        let base = "region = \"us-east-1\"\nstate_dir = \"/x\"\n[auth]\nhs256_key_files = [\"k\"]\n";
+        let gw: NodeConfig = toml::from_str(&format!(
+            "role = \"gateway\"\n{base}[mesh]\npeers = [{{ region = \"eu-west-1\", addr = \"h:1\" }}]\n[mesh.tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n[[feeds]]\nkind = \"synthetic\"\nsource = \"S\"\nsymbols = [\"A\"]\n"
+        ))
+        .unwrap();
+        let p = gw.problems();
+        assert!(p.iter().any(|m| m.contains("takes no feeds")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("needs mesh.upstream")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("no mesh.peers")), "{p:?}");
+        let ok: NodeConfig = toml::from_str(&format!(
+            "role = \"gateway\"\n{base}[mesh]\nupstream = \"127.0.0.1:4433\"\n[mesh.tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        ))
+        .unwrap();
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let e = toml::from_str::<NodeConfig>(&format!("role = \"router\"\n{base}")).unwrap_err();
+        assert!(e.to_string().contains("router"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,36 @@ struct Region {
     child: Option<Child>,
 }
 
+/// Applies `<state-dir>/wan.ctl` to the WAN relays every 100 ms: the file lists the links
+/// that are cut, one `REGION REGION` pair per line (both directions of the pair); a link
+/// not listed (or no file) is up. Tests and operators cut and heal links by rewriting it.
+fn wan_control(
+    ctl: &Path,
+    relays: &std::collections::BTreeMap<(String, String), tickmesh_replicate::wan::Relay>,
+    stop: &AtomicBool,
+) {
+    let mut last = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let text = std::fs::read_to_string(ctl).unwrap_or_default();
+        if text != last {
+            let cut: Vec<(String, String)> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    Some((w.next()?.to_owned(), w.next()?.to_owned()))
+                })
+                .collect();
+            for ((a, b), relay) in relays {
+                let is_cut = cut.iter().any(|(x, y)| (x == a && y == b) || (x == b && y == a));
+                relay.set_cut(is_cut);
+            }
+            eprintln!("wan: cut links now {cut:?}");
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Synthetic symbols per region: each region is the home of its own instruments.
 fn symbols_for(i: usize) -> Vec<String> {
     let sets: [&[&str]; 6] = [
@@ -203,6 +233,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let pki = state.join("pki");
     let ca = tls::generate_ca("tickmesh demo CA")?;
     write(&pki.join("ca.pem"), &ca.cert)?;
+    // Kept so a region can be issued a certificate later and join the running demo.
+    write(&pki.join("ca.key"), &ca.key)?;
     let key_file = pki.join("jwt-hs256.key");
     let secret: [u8; 32] = rand::random();
     let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -264,6 +296,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let cfg = NodeConfig {
             region: r.name.clone(),
             state_dir: r.dir.clone(),
+            role: Default::default(),
             gateway: tickmesh_gateway::GatewayConfig {
                 listen: r.ws,
                 slow_bytes: opts.slow_bytes.unwrap_or(tickmesh_gateway::GatewayConfig::default().slow_bytes),
@@ -290,6 +323,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                     key: pki.join(format!("{}.key", r.name)),
                 },
                 reconnect_ms: 100,
+                upstream: None,
             }),
             auth: AuthConfig { hs256_key_files: vec![key_file.clone()], eddsa_public_key_files: vec![] },
             feeds: vec![feed_for(i, &r.name, &opts)?],
@@ -311,6 +345,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, stop.clone())?;
+    }
+    let relays = Arc::new(relays);
+    if !relays.is_empty() {
+        let (relays, stop, ctl) = (relays.clone(), stop.clone(), state.join("wan.ctl"));
+        std::thread::Builder::new()
+            .name("wan-control".into())
+            .spawn(move || wan_control(&ctl, &relays, &stop))
+            .context("starting the wan-control thread")?;
     }
     let exe = std::env::current_exe().context("finding the tickmesh binary")?;
     let result = start_and_wait(&exe, &mut regions, &opts, &secret_hex, &key_file, &stop);

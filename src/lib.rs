@@ -20,8 +20,8 @@
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
-pub mod audit_http;
 pub mod admin_api;
+pub mod audit_http;
 pub mod client;
 pub mod cmd;
 pub mod config;
@@ -31,6 +31,6 @@ pub mod http_get;
 pub mod metrics;
 pub mod node;
 pub mod regions;
-pub mod tiers;
 pub mod route;
 pub mod route_http;
+pub mod tiers;

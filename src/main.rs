@@ -104,6 +104,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Read a region's records over the mesh (read-only, certificate `tap` from the mesh CA).
+    Tap {
+        /// Region to read.
+        #[arg(long)]
+        region: String,
+        /// Its mesh address, host:port.
+        #[arg(long)]
+        mesh: String,
+        /// Directory with ca.pem, tap.pem, tap.key (`tickmesh certs issue tap --dir DIR`).
+        #[arg(long)]
+        pki: PathBuf,
+        /// Only this source.
+        #[arg(long)]
+        src: Option<String>,
+        /// First seq of --src to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// jsonl or binary (length-prefixed records).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Stop after this many records (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -147,6 +171,21 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Added latency and records per second of one mesh link, next to plain TCP.
+    Mesh {
+        /// Records per second in the latency run.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u32,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Emulated round-trip time of the link, ms (0: plain loopback).
+        #[arg(long, default_value_t = 70)]
+        rtt_ms: u32,
+        /// Records of the throughput runs.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+    },
     /// Decode rates next to third-party decoders (itchcpp, the dbn crate) and journal appends.
     Ingest {
         /// The shared data folder holding the captures.
@@ -340,6 +379,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Recover { cmd } => tickmesh::cmd::dr::recover(cmd),
         Cmd::Certs { cmd: CertsCmd::Init { dir, name } } => tickmesh::cmd::certs::init(&dir, &name),
         Cmd::Certs { cmd: CertsCmd::Issue { region, dir, days } } => tickmesh::cmd::certs::issue(&dir, &region, days),
+        Cmd::Tap { region, mesh, pki, src, from, format, count } => {
+            tickmesh::cmd::tap::run(tickmesh::cmd::tap::TapOptions { region, mesh, pki, src, from, format, count })
+        }
+        Cmd::Bench { cmd: BenchCmd::Mesh { rate, seconds, rtt_ms, records } } => {
+            tickmesh::cmd::bench_mesh::run(tickmesh::cmd::bench_mesh::MeshBenchOptions {
+                rate,
+                seconds,
+                rtt_ms,
+                records,
+            })
+        }
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }

@@ -14,7 +14,7 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -29,7 +29,7 @@ use tickmesh_gateway::{Fanout, Gateway, GatewayShared, RegionLink};
 use tickmesh_ingest::synthetic::SyntheticFeed;
 use tickmesh_ingest::{Pacer, Sequencer};
 use tickmesh_journal::Journal;
-use tickmesh_replicate::{Cursor, Mesh, MeshParams, MeshStatus, RecordStore};
+use tickmesh_replicate::{Cursor, Mesh, MeshHandle, MeshParams, MeshStatus, RecordStore};
 
 use crate::config::{FeedConfig, NodeConfig};
 use crate::metrics::Metrics;
@@ -68,6 +68,10 @@ impl std::fmt::Debug for Node {
 struct NodeView {
     cfg: NodeConfig,
     mesh: std::sync::OnceLock<Arc<MeshStatus>>,
+    /// Runtime changes of the mesh's peers (`POST /v1/admin/peers`).
+    mesh_ctl: std::sync::OnceLock<MeshHandle>,
+    /// Regions joined at runtime, listed in `/v1/regions` after the configured ones.
+    joined: std::sync::Mutex<Vec<crate::config::RegionEntry>>,
     shared: Arc<GatewayShared>,
     /// When each home source last had a record journaled (ns), for feed staleness.
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
@@ -75,7 +79,7 @@ struct NodeView {
     /// `/v1/route`, the weights, each region's health.
     route: Arc<crate::route_http::RouteService>,
     /// The residency rules of `[residency]` (checked by the mesh on send and receive).
-    #[allow(dead_code)] // read by the mesh once MeshParams takes it (see the TODO in Node::start)
+    #[allow(dead_code)] // kept for the node's own routes; the mesh holds its own reference
     policy: Arc<tickmesh_replicate::ResidencyPolicy>,
     /// The audit trail of cross-region transfers (`<state_dir>/audit`), served at /v1/audit.
     audit: Option<Arc<tickmesh_replicate::AuditLog>>,
@@ -127,6 +131,8 @@ impl Node {
         let view = Arc::new(NodeView {
             cfg: cfg.clone(),
             mesh: std::sync::OnceLock::new(),
+            mesh_ctl: std::sync::OnceLock::new(),
+            joined: Default::default(),
             shared: shared.clone(),
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
@@ -210,6 +216,11 @@ impl Node {
                 let tx = hub_tx.clone();
                 let mesh = Mesh::start(MeshParams {
                     region: cfg.region.clone(),
+                    role: cfg.role,
+                    // Both checked on every cross-region transfer (send and receive), and every
+                    // transfer, allowed or refused, is appended to the audit trail.
+                    policy: policy.clone(),
+                    audit: audit.clone(),
                     cfg: mcfg.clone(),
                     creds,
                     store: Arc::new(JournalStore(journal.clone())),
@@ -220,11 +231,11 @@ impl Node {
                     inbound: Arc::new(move |b| {
                         let _ = tx.send(HubMsg::Remote(b));
                     }),
-                    // TODO(audit→mesh): once MeshParams has them: `policy: policy.clone(), audit: audit.clone(),`
                 })
                 .context("starting the mesh")?;
                 let _ = view.mesh.set(mesh.status());
                 view.route.set_mesh(mesh.status());
+                let _ = view.mesh_ctl.set(mesh.handle());
                 Some(mesh)
             }
         };
@@ -617,10 +628,91 @@ fn node_routes(view: Arc<NodeView>) -> Router {
     Router::new()
         .route("/readyz", get(readyz))
         .route("/v1/regions", get(regions))
+        .route("/v1/admin/peers", post(add_peer))
         .with_state(view)
         .merge(route)
         .merge(audit)
         .merge(admin)
+}
+
+/// `POST /v1/admin/peers` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPeer {
+    region: String,
+    addr: String,
+    ws_url: String,
+    http_url: String,
+}
+
+/// `POST /v1/admin/peers` (token with role `admin`): a region joins the mesh at runtime.
+/// This node dials it and accepts its certificate from now on; it appears in `/v1/regions`.
+/// The joining region, started with this region among its peers, backfills everything
+/// through the same subscribe-after-seq path as any catch-up.
+async fn add_peer(State(v): State<Arc<NodeView>>, req: axum::extract::Request) -> Response {
+    use tickmesh_gateway::http_error;
+    let query = req.uri().query().map(str::to_owned);
+    let authz = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let Some(token) = tickmesh_gateway::auth::token_from_request(query.as_deref(), authz) else {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "no token; pass Authorization: Bearer JWT with role admin",
+        );
+    };
+    let claims = match v.shared.verifier().verify(&token, tickmesh_codec::now_ns() / 1_000_000_000) {
+        Ok(c) => c,
+        Err(e) => return http_error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
+    };
+    if !claims.has_role("admin") {
+        return http_error(StatusCode::FORBIDDEN, "forbidden", "adding a mesh peer needs a token with role admin");
+    }
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_request", &format!("cannot read the body: {e}")),
+    };
+    let p: NewPeer = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("body must be JSON {{\"region\", \"addr\", \"ws_url\", \"http_url\"}}: {e}"),
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    let mcfg = tickmesh_replicate::MeshConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        peers: vec![tickmesh_replicate::PeerConfig { region: p.region.clone(), addr: p.addr.clone() }],
+        tls: tickmesh_replicate::tls::TlsFiles { ca_cert: "-".into(), cert: "-".into(), key: "-".into() },
+        reconnect_ms: 100,
+        upstream: None,
+    };
+    mcfg.validate(&v.cfg.region, &mut problems);
+    if p.region.is_empty() || !p.region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+        problems.push(format!("region {:?} is not a region name; use lowercase letters, digits and '-'", p.region));
+    }
+    if !problems.is_empty() {
+        return http_error(StatusCode::BAD_REQUEST, "bad_request", &problems.join("; "));
+    }
+    let Some(ctl) = v.mesh_ctl.get() else {
+        return http_error(
+            StatusCode::CONFLICT,
+            "no_mesh",
+            "this node runs without [mesh]; configure it to join peers",
+        );
+    };
+    if let Err(e) = ctl.add_peer(tickmesh_replicate::PeerConfig { region: p.region.clone(), addr: p.addr.clone() }) {
+        return http_error(StatusCode::SERVICE_UNAVAILABLE, "mesh_stopped", &e.to_string());
+    }
+    {
+        let mut j = v.joined.lock().unwrap_or_else(|e| e.into_inner());
+        j.retain(|e| e.region != p.region);
+        j.push(crate::config::RegionEntry { region: p.region.clone(), ws_url: p.ws_url, http_url: p.http_url });
+    }
+    tracing::info!(peer = %p.region, addr = %p.addr, by = %claims.sub, "mesh peer added by admin call");
+    (StatusCode::OK, Json(json!({"added": p.region, "addr": p.addr}))).into_response()
 }
 
 /// Why this region should not take traffic now (empty: ready).
@@ -672,13 +764,29 @@ async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
 
 async fn regions(State(v): State<Arc<NodeView>>) -> Response {
     let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
-    let names: Vec<String> = v.cfg.regions.iter().map(|r| r.region.clone()).collect();
+    let sources = v.mesh.get().map(|m| m.sources()).unwrap_or_default();
+    let mut entries = v.cfg.regions.clone();
+    for j in v.joined.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if !entries.iter().any(|e| e.region == j.region) {
+            entries.push(j.clone());
+        }
+    }
+    let names: Vec<String> = entries.iter().map(|r| r.region.clone()).collect();
     // Refresh the hello list while we are at it: regions that went down leave it.
     v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref())));
     let out: Vec<serde_json::Value> = crate::regions::failover_order(&v.cfg.region, &names)
         .into_iter()
-        .filter_map(|r| v.cfg.regions.iter().find(|e| e.region == r))
+        .filter_map(|r| entries.iter().find(|e| e.region == r))
         .map(|e| {
+            // Replication lag of the sources whose home is that region, as this node sees it.
+            let lag: serde_json::Map<String, serde_json::Value> = sources
+                .iter()
+                .filter(|s| s.origin == e.region)
+                .map(|s| {
+                    let l = json!({"records": s.lag_records, "ms": s.lag_ms, "seq": s.seq, "upstream": s.upstream});
+                    (s.src.clone(), l)
+                })
+                .collect();
             let me = e.region == v.cfg.region;
             let peer = peers.iter().find(|p| p.region == e.region);
             let healthy = me || peer.is_some_and(|p| p.receiving);
@@ -693,6 +801,7 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
                 "region": e.region, "ws_url": e.ws_url, "http_url": e.http_url, "state": state,
                 "healthy": healthy, "rtt_ms": if me { 0.0 } else { peer.map(|p| p.rtt_ms).unwrap_or(0.0) },
                 "weight": v.route.weight(&e.region), "lag": {},
+                "weight": 100, "lag": lag,
             })
         })
         .collect();
@@ -717,6 +826,8 @@ mod tests {
             shared,
             cfg,
             mesh: std::sync::OnceLock::new(),
+            mesh_ctl: std::sync::OnceLock::new(),
+            joined: Default::default(),
             home_last: Default::default(),
             started_ns: 1_000_000_000,
             policy: Arc::new(tickmesh_replicate::ResidencyPolicy::new(&Default::default())),
@@ -734,8 +845,7 @@ mod tests {
             receiving,
             sending: true,
             rtt_ms: 1.0,
-            records_in: 0,
-            records_out: 0,
+            ..Default::default()
         };
         v.home_last.lock().unwrap().insert(src, 2_000_000_000);
         assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)]).is_empty());

@@ -1,9 +1,10 @@
 //! tickmesh-replicate: moves records between regions over a QUIC mesh (quinn, mutual TLS).
 //!
 //! # Layout
-//! * [`mesh`]: [`Mesh`], the `replicate-io` thread: one endpoint, a dialer per peer pulling
-//!   the peer's home sources after the positions this region holds, an acceptor serving
-//!   this region's home sources from its store.
+//! * [`link`]: [`link::MeshCore`], the sans-I/O mesh protocol: hello, heartbeats with
+//!   positions and link tables, one stream per subscribed source, batches, routing around
+//!   cut links, policy checks and audit aggregation.
+//! * [`mesh`]: [`Mesh`], the `replicate-io` thread: the quinn driver of the core.
 //! * [`tls`]: the private CA, per-region certificates, rustls configurations.
 //! * [`store`]: [`RecordStore`], what the mesh needs from the journal.
 //! * [`transfer`]: the residency policy and audit hooks the mesh calls on every transfer.
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod link;
 pub mod mesh;
 pub mod policy;
 pub mod store;
@@ -25,7 +27,8 @@ pub mod wan;
 
 pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditPage, VerifyReport};
 pub use error::{Error, Result};
-pub use mesh::{Inbound, Mesh, MeshConfig, MeshParams, MeshStatus, PeerConfig, PeerState};
+pub use link::{Role, SourceView};
+pub use mesh::{Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use policy::{ClassRule, ResidencyConfig, ResidencyPolicy};
 pub use store::{Cursor, MemoryStore, RecordStore};
 pub use transfer::{AllowAll, DataClass, Decision, Direction, NoAudit, Transfer, TransferAudit, TransferPolicy};

@@ -1,25 +1,30 @@
-//! The mesh driver: one quinn endpoint per node, a dialer per peer that pulls the peer's
-//! home sources, and an acceptor that serves this region's home sources.
+//! The mesh driver: a thin quinn shell around the sans-I/O [`MeshCore`].
 //!
-//! Pull, not push: a region asks each peer for its sources *after the positions it
-//! already holds*, and the peer serves them from its store. Catch-up after a restart and
-//! the live stream are the same code path, and duplicates cannot arise from a reconnect
-//! (the receiver's store also refuses any `seq` at or below what it holds).
+//! One endpoint per node on its own thread, `replicate-io` (a current-thread runtime).
+//! One task owns the core and turns its actions into I/O: a connection per peer (mutual
+//! TLS, [`crate::tls`]), a stream per subscribed source, one writer task per stream (so a
+//! slow stream never blocks another, and a batch's `Written` comes back only when quinn
+//! took it: at most one ~64 KiB batch in flight per served stream), one reader task per
+//! stream feeding `Data` events through a bounded channel (so a slow core pushes back on
+//! QUIC flow control instead of buffering without bound).
 //!
-//! Runs on its own thread, `replicate-io`, with a current-thread runtime.
+//! Pull, not push: a node subscribes to each source *after the `seq` it already holds*,
+//! and the upstream serves from its store. Catch-up after a restart, a new region's
+//! backfill and the live stream are the same code path.
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tickmesh_codec::{frame, SourceId};
-use tokio::sync::watch;
+use tickmesh_codec::SourceId;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
+use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, MeshCore, Role, SourceView, StreamId};
 use crate::store::RecordStore;
 use crate::tls::Credentials;
+use crate::transfer::{TransferAudit, TransferPolicy};
 
 /// One peer region.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -47,6 +52,10 @@ pub struct MeshConfig {
     /// First delay before redialing a lost peer; doubles up to 2 s. Default 100 ms.
     #[serde(default = "default_reconnect")]
     pub reconnect_ms: u64,
+    /// For a `role = "gateway"` node: `host:port` of its region's ingest (or `all`) node,
+    /// the one upstream it takes every source from. Default none.
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -76,6 +85,13 @@ impl MeshConfig {
                 problems.push(format!("mesh.peers[{i}].region {} is listed twice; list each peer once", p.region));
             }
         }
+        if let Some(u) = &self.upstream {
+            if !u.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) {
+                problems.push(format!(
+                    "mesh.upstream {u:?} is not host:port; write the mesh address of this region's ingest node"
+                ));
+            }
+        }
         if !(10..=60_000).contains(&self.reconnect_ms) {
             problems.push(format!(
                 "mesh.reconnect_ms = {} is out of range; use 10 to 60000 (default 100)",
@@ -86,13 +102,13 @@ impl MeshConfig {
 }
 
 /// What one peer link looks like right now.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
 pub struct PeerState {
     /// Peer region.
     pub region: String,
-    /// We are receiving its sources.
+    /// Our link to it is up with heartbeats on time: we can receive from it.
     pub receiving: bool,
-    /// It is receiving ours.
+    /// It has a connection to us that we serve.
     pub sending: bool,
     /// Smoothed round-trip time, ms (0 until known).
     pub rtt_ms: f64,
@@ -100,46 +116,51 @@ pub struct PeerState {
     pub records_in: u64,
     /// Records sent to it since start.
     pub records_out: u64,
+    /// Record bytes received from it.
+    pub bytes_in: u64,
+    /// Record bytes sent to it.
+    pub bytes_out: u64,
+    /// Packets QUIC declared lost on our connections with it.
+    pub lost_packets: u64,
+    /// Records it sent that we already held (expected 0).
+    pub duplicates: u64,
+    /// Its role, once it said hello.
+    pub role: Option<Role>,
 }
 
-#[derive(Debug, Default)]
-struct PeerCounters {
-    receiving: AtomicBool,
-    sending: AtomicU64,
-    rtt_us: AtomicU64,
-    records_in: AtomicU64,
-    records_out: AtomicU64,
-}
-
-/// Shared status of the mesh, read by `/readyz`, `/v1/regions` and metrics.
+/// Shared status of the mesh, read by `/readyz`, `/v1/regions` and metrics. Refreshed by
+/// the `replicate-io` thread every tick (50 ms).
 #[derive(Debug, Default)]
 pub struct MeshStatus {
-    peers: Mutex<BTreeMap<String, Arc<PeerCounters>>>,
+    inner: Mutex<(Vec<PeerState>, Vec<SourceView>)>,
 }
 
 impl MeshStatus {
-    fn peer(&self, region: &str) -> Arc<PeerCounters> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).entry(region.to_owned()).or_default().clone()
-    }
-
     /// Every known peer.
     pub fn peers(&self) -> Vec<PeerState> {
-        let m = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter()
-            .map(|(r, c)| PeerState {
-                region: r.clone(),
-                receiving: c.receiving.load(Ordering::Relaxed),
-                sending: c.sending.load(Ordering::Relaxed) > 0,
-                rtt_ms: c.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
-                records_in: c.records_in.load(Ordering::Relaxed),
-                records_out: c.records_out.load(Ordering::Relaxed),
-            })
-            .collect()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Replication state of every source this node takes from peers: upstream in use,
+    /// lag in records and ms.
+    pub fn sources(&self) -> Vec<SourceView> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    fn set(&self, peers: Vec<PeerState>, sources: Vec<SourceView>) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = (peers, sources);
     }
 }
 
-/// Receives validated records from peers: a batch of length-prefixed frames.
+/// Receives validated records from peers: a batch of length-prefixed frames of one
+/// source, continuing what the node holds.
 pub type Inbound = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+#[derive(Debug)]
+enum Command {
+    AddPeer(PeerConfig),
+    RemovePeer(String),
+}
 
 /// A running mesh.
 #[derive(Debug)]
@@ -147,25 +168,54 @@ pub struct Mesh {
     status: Arc<MeshStatus>,
     local_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    cmds: mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Changes the peers of a running mesh; see [`Mesh::handle`].
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    cmds: mpsc::UnboundedSender<Command>,
+}
+
+impl MeshHandle {
+    /// See [`Mesh::add_peer`].
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<()> {
+        self.cmds
+            .send(Command::AddPeer(peer))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// See [`Mesh::remove_peer`].
+    pub fn remove_peer(&self, region: &str) -> Result<()> {
+        self.cmds
+            .send(Command::RemovePeer(region.to_owned()))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
 }
 
 /// Everything the mesh needs to start.
 pub struct MeshParams {
     /// This region.
     pub region: String,
+    /// This node's role (a gateway node dials only `cfg.upstream`).
+    pub role: Role,
     /// Configuration.
     pub cfg: MeshConfig,
     /// Credentials.
     pub creds: Credentials,
     /// The region's store.
     pub store: Arc<dyn RecordStore>,
-    /// The sources this region is home to (served to peers).
+    /// The sources this node is home to.
     pub home: Vec<SourceId>,
     /// Bumped by the node after every append, so senders wake.
     pub appended: watch::Receiver<u64>,
     /// Where received records go.
     pub inbound: Inbound,
+    /// Residency rules, asked before sending and on receiving.
+    pub policy: Arc<dyn TransferPolicy>,
+    /// Where cross-region transfers are reported.
+    pub audit: Arc<dyn TransferAudit>,
 }
 
 impl std::fmt::Debug for MeshParams {
@@ -173,9 +223,6 @@ impl std::fmt::Debug for MeshParams {
         f.debug_struct("MeshParams").field("region", &self.region).field("home", &self.home).finish_non_exhaustive()
     }
 }
-
-/// Largest batch of records per stream write.
-const BATCH_BYTES: usize = 64 * 1024;
 
 impl Mesh {
     /// Binds the endpoint and starts the `replicate-io` thread.
@@ -186,10 +233,8 @@ impl Mesh {
         let sock = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind { addr: listen, source })?;
         let local_addr = sock.local_addr()?;
         let status = Arc::new(MeshStatus::default());
-        for peer in &p.cfg.peers {
-            status.peer(&peer.region);
-        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let st = status.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -219,7 +264,9 @@ impl Mesh {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    run(endpoint, p, st, stop_rx).await;
+                    Driver::new(endpoint.clone(), p, st).run(stop_rx, cmd_rx).await;
+                    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+                    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
                 });
             })
             .map_err(Error::Io)?;
@@ -228,7 +275,7 @@ impl Mesh {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Error::Tls("replicate-io thread ended during start-up".into())),
         }
-        Ok(Mesh { status, local_addr, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Mesh { status, local_addr, stop: Some(stop_tx), cmds: cmd_tx, thread: Some(thread) })
     }
 
     /// Link status.
@@ -239,6 +286,22 @@ impl Mesh {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Runtime join: starts dialing `peer` and accepts its certificate from now on. A
+    /// region already known gets the new address.
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<()> {
+        self.handle().add_peer(peer)
+    }
+
+    /// Stops dialing `region`, closes its connections and refuses its certificate.
+    pub fn remove_peer(&self, region: &str) -> Result<()> {
+        self.handle().remove_peer(region)
+    }
+
+    /// A cloneable handle for [`Mesh::add_peer`] / [`Mesh::remove_peer`] (for admin routes).
+    pub fn handle(&self) -> MeshHandle {
+        MeshHandle { cmds: self.cmds.clone() }
     }
 
     /// Closes every connection and joins the thread.
@@ -262,132 +325,407 @@ impl Drop for Mesh {
     }
 }
 
-async fn run(
+/// What I/O tasks tell the driver task.
+enum Msg {
+    Core(Event),
+    Dialed { peer: String, conn: quinn::Connection },
+    DialFailed { peer: String, error: String },
+    Accepted(quinn::Connection),
+    AcceptedStream { conn: ConnId, stream: StreamId, send: quinn::SendStream, recv: quinn::RecvStream },
+}
+
+enum Write {
+    Bytes(Bytes, bool),
+    Finish,
+}
+
+/// The task that owns the core.
+struct Driver {
     endpoint: quinn::Endpoint,
-    p: MeshParams,
+    core: MeshCore,
+    region: String,
+    inbound: Inbound,
     status: Arc<MeshStatus>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let p = Arc::new(p);
-    for peer in p.cfg.peers.clone() {
-        tokio::spawn(dial_loop(endpoint.clone(), p.clone(), status.clone(), peer));
+    appended: watch::Receiver<u64>,
+    /// Region -> `host:port` to dial.
+    addrs: BTreeMap<String, String>,
+    /// Regions whose certificate the acceptor takes (peers and this region's own nodes).
+    allowed: BTreeSet<String>,
+    conns: HashMap<ConnId, (quinn::Connection, String)>,
+    writers: HashMap<(ConnId, StreamId), mpsc::UnboundedSender<Write>>,
+    next_conn: ConnId,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    last_export: std::time::Instant,
+}
+
+fn now_ns() -> u64 {
+    tickmesh_codec::now_ns()
+}
+
+impl Driver {
+    fn new(endpoint: quinn::Endpoint, p: MeshParams, status: Arc<MeshStatus>) -> Driver {
+        let mut addrs = BTreeMap::new();
+        let mut allowed = BTreeSet::new();
+        allowed.insert(p.region.clone());
+        // `tickmesh tap`: read-only, it only subscribes (and the policy applies to it).
+        allowed.insert("tap".to_owned());
+        if let (Role::Gateway, Some(up)) = (p.role, &p.cfg.upstream) {
+            // The upstream is this region's ingest node; its certificate names our region.
+            addrs.insert(p.region.clone(), up.clone());
+        } else {
+            for peer in &p.cfg.peers {
+                addrs.insert(peer.region.clone(), peer.addr.clone());
+                allowed.insert(peer.region.clone());
+            }
+        }
+        let mut ccfg = CoreConfig::new(&p.region, p.home.clone(), addrs.keys().cloned().collect());
+        ccfg.role = p.role;
+        ccfg.reconnect_ns = p.cfg.reconnect_ms * 1_000_000;
+        let core = MeshCore::new(ccfg, p.store.clone(), p.policy.clone(), p.audit.clone(), now_ns());
+        let (tx, rx) = mpsc::channel(4096);
+        Driver {
+            endpoint,
+            core,
+            region: p.region.clone(),
+            inbound: p.inbound.clone(),
+            status,
+            appended: p.appended.clone(),
+            addrs,
+            allowed,
+            conns: HashMap::new(),
+            writers: HashMap::new(),
+            next_conn: 1,
+            tx,
+            rx,
+            last_export: std::time::Instant::now(),
+        }
     }
-    let acceptor = {
-        let endpoint = endpoint.clone();
-        let p = p.clone();
-        let status = status.clone();
-        async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let p = p.clone();
-                let status = status.clone();
-                tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => serve_connection(conn, p, status).await,
-                        Err(e) => tracing::warn!(error = %e, "mesh handshake refused"),
+
+    async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>, mut cmds: mpsc::UnboundedReceiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let endpoint = self.endpoint.clone();
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(msg) = self.rx.recv() => self.msg(msg),
+                _ = tick.tick() => {
+                    self.event(Event::Tick);
+                    self.export();
+                }
+                r = self.appended.changed() => {
+                    if r.is_err() {
+                        break;
                     }
+                    self.appended.borrow_and_update();
+                    self.event(Event::Appended);
+                }
+                Some(cmd) = cmds.recv() => self.command(cmd),
+                Some(incoming) = endpoint.accept() => {
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => {
+                                let _ = tx.send(Msg::Accepted(conn)).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "mesh handshake refused"),
+                        }
+                    });
+                }
+            }
+        }
+        // Transfers of the last (partial) second still reach the audit trail.
+        self.core.flush_audit();
+        for (c, _) in self.conns.values() {
+            c.close(quinn::VarInt::from_u32(0), b"shutdown");
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddPeer(p) => {
+                tracing::info!(peer = %p.region, addr = %p.addr, "mesh peer added");
+                self.addrs.insert(p.region.clone(), p.addr);
+                self.allowed.insert(p.region.clone());
+                self.event(Event::AddPeer(p.region));
+            }
+            Command::RemovePeer(r) => {
+                tracing::info!(peer = %r, "mesh peer removed");
+                self.addrs.remove(&r);
+                if r != self.region {
+                    self.allowed.remove(&r);
+                }
+                self.event(Event::RemovePeer(r));
+            }
+        }
+    }
+
+    fn msg(&mut self, msg: Msg) {
+        match msg {
+            // Events of connections already closed are dropped by the core.
+            Msg::Core(ev) => self.event(ev),
+            Msg::Dialed { peer, conn } => {
+                if !self.addrs.contains_key(&peer) {
+                    // Removed while the dial was in flight.
+                    conn.close(quinn::VarInt::from_u32(0), b"peer removed");
+                    return;
+                }
+                let id = self.register(conn, peer.clone());
+                self.event(Event::Connected { conn: id, peer, dir: ConnDir::Dialed });
+            }
+            Msg::DialFailed { peer, error } => {
+                tracing::debug!(peer = %peer, error = %error, "mesh dial failed; retrying");
+                self.event(Event::DialFailed { peer });
+            }
+            Msg::Accepted(conn) => {
+                // Only a certificate from our CA (checked by TLS) that names a configured
+                // region (or this region: its gateway nodes) is accepted.
+                let named = certificate_region(&conn);
+                let Some(region) = named.filter(|r| self.allowed.contains(r)) else {
+                    tracing::warn!(
+                        remote = %conn.remote_address(),
+                        "mesh peer refused: its certificate names no configured region; issue it with `tickmesh certs issue REGION` and list the region in mesh.peers"
+                    );
+                    metrics::counter!("tickmesh_replicate_peers_refused_total", "reason" => "certificate").increment(1);
+                    conn.close(quinn::VarInt::from_u32(1), b"certificate names no configured region");
+                    return;
+                };
+                let id = self.register(conn, region.clone());
+                self.event(Event::Connected { conn: id, peer: region, dir: ConnDir::Accepted });
+            }
+            Msg::AcceptedStream { conn, stream, send, recv } => {
+                if !self.conns.contains_key(&conn) {
+                    return;
+                }
+                let w = spawn_writer(conn, stream, self.tx.clone(), async move { Ok(send) });
+                self.writers.insert((conn, stream), w);
+                spawn_reader(conn, stream, recv, self.tx.clone());
+            }
+        }
+    }
+
+    /// Gives a connection an id and watches it: streams the peer opens, and its end.
+    fn register(&mut self, conn: quinn::Connection, peer: String) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, (conn.clone(), peer));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut next: StreamId = 1;
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let stream = next;
+                        next += 2;
+                        if tx.send(Msg::AcceptedStream { conn: id, stream, send, recv }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Msg::Core(Event::Closed { conn: id })).await;
+                        return;
+                    }
+                }
+            }
+        });
+        id
+    }
+
+    fn event(&mut self, ev: Event) {
+        let closed = if let Event::Closed { conn } = &ev { Some(*conn) } else { None };
+        if let Err(e) = self.core.handle(now_ns(), ev) {
+            tracing::warn!(error = %e, "mesh protocol error; closing that peer's connection");
+        }
+        if let Some(c) = closed {
+            self.forget(c);
+        }
+        while let Some(a) = self.core.poll_action() {
+            self.action(a);
+        }
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.writers.retain(|(c, _), _| *c != conn);
+    }
+
+    fn action(&mut self, a: Action) {
+        match a {
+            Action::Dial { peer } => {
+                let Some(addr) = self.addrs.get(&peer).cloned() else {
+                    self.event(Event::DialFailed { peer });
+                    return;
+                };
+                let endpoint = self.endpoint.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = dial(&endpoint, &addr, &peer).await;
+                    let _ = tx
+                        .send(match r {
+                            Ok(conn) => Msg::Dialed { peer, conn },
+                            Err(error) => Msg::DialFailed { peer, error },
+                        })
+                        .await;
                 });
             }
-        }
-    };
-    tokio::select! {
-        () = acceptor => {}
-        _ = stop => {}
-    }
-    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
-    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-}
-
-/// The request a dialer sends on a new stream: who it is and what it already holds.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct PullRequest {
-    region: String,
-    positions: BTreeMap<String, u64>,
-}
-
-async fn dial_loop(endpoint: quinn::Endpoint, p: Arc<MeshParams>, status: Arc<MeshStatus>, peer: PeerConfig) {
-    let counters = status.peer(&peer.region);
-    let mut backoff = Duration::from_millis(p.cfg.reconnect_ms);
-    loop {
-        match pull_once(&endpoint, &p, &peer, &counters).await {
-            Ok(()) => tracing::info!(peer = %peer.region, "mesh link closed; redialing"),
-            Err(e) => tracing::debug!(peer = %peer.region, error = %e, "mesh link to peer failed; redialing"),
-        }
-        counters.receiving.store(false, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-        if counters.records_in.load(Ordering::Relaxed) > 0 {
-            backoff = backoff.min(Duration::from_millis(500));
-        }
-    }
-}
-
-async fn pull_once(
-    endpoint: &quinn::Endpoint,
-    p: &MeshParams,
-    peer: &PeerConfig,
-    counters: &PeerCounters,
-) -> Result<()> {
-    let perr = |what: String| Error::Protocol { peer: peer.region.clone(), what };
-    let addr = tokio::net::lookup_host(peer.addr.as_str())
-        .await
-        .map_err(|e| {
-            perr(format!("mesh.peers addr {:?} did not resolve ({e}); check the name or use an IP address", peer.addr))
-        })?
-        .next()
-        .ok_or_else(|| perr(format!("mesh.peers addr {:?} resolved to no address", peer.addr)))?;
-    let conn = endpoint
-        .connect(addr, &peer.region)
-        .map_err(|e| perr(format!("connect: {e}")))?
-        .await
-        .map_err(|e| perr(format!("handshake: {e}")))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| perr(format!("open stream: {e}")))?;
-    let req = PullRequest {
-        region: p.region.clone(),
-        positions: p.store.positions().into_iter().map(|(s, q)| (s.as_str().to_owned(), q)).collect(),
-    };
-    let body = serde_json::to_vec(&req).map_err(|e| perr(e.to_string()))?;
-    let mut msg = (body.len() as u32).to_le_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    send.write_all(&msg).await.map_err(|e| perr(format!("send request: {e}")))?;
-    counters.receiving.store(true, Ordering::Relaxed);
-    tracing::info!(peer = %peer.region, "receiving from peer");
-    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
-    let mut chunk = vec![0u8; 128 * 1024];
-    loop {
-        counters.rtt_us.store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
-        let n = match recv.read(&mut chunk).await.map_err(|e| perr(format!("read: {e}")))? {
-            Some(n) => n,
-            None => return Ok(()),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut rest: &[u8] = &buf;
-        let mut count = 0u64;
-        loop {
-            match frame::split_frame(rest) {
-                Ok(Some((rec, tail))) => {
-                    // Every record from a peer is validated before anything else sees it.
-                    if let Err(e) = tickmesh_codec::access_untrusted(rec) {
-                        metrics::counter!("tickmesh_replicate_frames_rejected_total", "peer" => peer.region.clone())
-                            .increment(1);
-                        return Err(perr(format!("sent an invalid record: {e}")));
+            Action::OpenStream { conn, stream } => {
+                let Some((c, _)) = self.conns.get(&conn) else { return };
+                let c = c.clone();
+                let tx = self.tx.clone();
+                let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+                let w = spawn_writer(conn, stream, self.tx.clone(), async move {
+                    let (send, recv) = c.open_bi().await.map_err(|e| e.to_string())?;
+                    let _ = open_tx.send(recv);
+                    Ok(send)
+                });
+                tokio::spawn(async move {
+                    if let Ok(recv) = open_rx.await {
+                        spawn_reader(conn, stream, recv, tx);
                     }
-                    count += 1;
-                    rest = tail;
+                });
+                self.writers.insert((conn, stream), w);
+            }
+            Action::Send { conn, stream, bytes, ack } => {
+                if let Some(w) = self.writers.get(&(conn, stream)) {
+                    let _ = w.send(Write::Bytes(bytes, ack));
                 }
-                Ok(None) => break,
-                Err(e) => return Err(perr(format!("corrupt stream: {e}"))),
+            }
+            Action::Finish { conn, stream } => {
+                if let Some(w) = self.writers.remove(&(conn, stream)) {
+                    let _ = w.send(Write::Finish);
+                }
+            }
+            Action::Close { conn, reason } => {
+                if let Some((c, peer)) = self.conns.get(&conn) {
+                    tracing::info!(peer = %peer, reason = %reason, "closing mesh connection");
+                    let mut r = reason.into_bytes();
+                    r.truncate(200);
+                    c.close(quinn::VarInt::from_u32(3), &r);
+                }
+                self.forget(conn);
+            }
+            Action::Deliver { frames, .. } => (self.inbound)(frames),
+        }
+    }
+
+    /// Publishes status and metrics (status every tick, metrics once a second).
+    fn export(&mut self) {
+        let mut lost: HashMap<&str, u64> = HashMap::new();
+        let mut quic_rtt: HashMap<&str, f64> = HashMap::new();
+        for (c, peer) in self.conns.values() {
+            let st = c.stats();
+            *lost.entry(peer.as_str()).or_default() += st.path.lost_packets;
+            quic_rtt.insert(peer.as_str(), c.rtt().as_secs_f64() * 1000.0);
+        }
+        let peers: Vec<PeerState> = self
+            .core
+            .peers()
+            .into_iter()
+            // Only links we dial are peer regions; this region's gateway nodes and taps
+            // dial us and are not.
+            .filter(|v| v.dialed)
+            .map(|v| PeerState {
+                rtt_ms: if v.rtt_us > 0 {
+                    v.rtt_us as f64 / 1000.0
+                } else {
+                    quic_rtt.get(v.region.as_str()).copied().unwrap_or(0.0)
+                },
+                receiving: v.healthy,
+                sending: v.serving,
+                records_in: v.stats.records_in,
+                records_out: v.stats.records_out,
+                bytes_in: v.stats.bytes_in,
+                bytes_out: v.stats.bytes_out,
+                lost_packets: lost.get(v.region.as_str()).copied().unwrap_or(0),
+                duplicates: v.stats.duplicates,
+                role: v.role,
+                region: v.region,
+            })
+            .collect();
+        let sources = self.core.sources();
+        if self.last_export.elapsed() >= Duration::from_secs(1) {
+            self.last_export = std::time::Instant::now();
+            for p in &peers {
+                let l = [("peer", p.region.clone())];
+                metrics::gauge!("tickmesh_mesh_rtt_seconds", &l).set(p.rtt_ms / 1000.0);
+                metrics::counter!("tickmesh_mesh_records_received_total", &l).absolute(p.records_in);
+                metrics::counter!("tickmesh_mesh_records_sent_total", &l).absolute(p.records_out);
+                metrics::counter!("tickmesh_mesh_bytes_received_total", &l).absolute(p.bytes_in);
+                metrics::counter!("tickmesh_mesh_bytes_sent_total", &l).absolute(p.bytes_out);
+                metrics::counter!("tickmesh_mesh_lost_packets_total", &l).absolute(p.lost_packets);
+                metrics::counter!("tickmesh_mesh_duplicates_dropped_total", &l).absolute(p.duplicates);
+                metrics::gauge!("tickmesh_mesh_peer_up", &l).set(if p.receiving { 1.0 } else { 0.0 });
+            }
+            for s in &sources {
+                let l = [("source", s.src.clone())];
+                metrics::gauge!("tickmesh_mesh_lag_records", &l).set(s.lag_records as f64);
+                if let Some(ms) = s.lag_ms {
+                    metrics::gauge!("tickmesh_mesh_lag_seconds", &l).set(ms / 1000.0);
+                }
             }
         }
-        let used = buf.len() - rest.len();
-        if used > 0 {
-            let batch = Bytes::copy_from_slice(&buf[..used]);
-            buf.drain(..used);
-            counters.records_in.fetch_add(count, Ordering::Relaxed);
-            metrics::counter!("tickmesh_replicate_records_received_total", "peer" => peer.region.clone())
-                .increment(count);
-            (p.inbound)(batch);
-        }
+        self.status.set(peers, sources);
     }
+}
+
+async fn dial(endpoint: &quinn::Endpoint, addr: &str, peer: &str) -> std::result::Result<quinn::Connection, String> {
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| {
+            format!("mesh address {addr:?} of {peer} did not resolve ({e}); check the name or use an IP address")
+        })?
+        .next()
+        .ok_or_else(|| format!("mesh address {addr:?} of {peer} resolved to no address"))?;
+    let connecting = endpoint.connect(sock, peer).map_err(|e| format!("connect to {peer} at {addr}: {e}"))?;
+    connecting.await.map_err(|e| format!("handshake with {peer} at {addr}: {e}"))
+}
+
+/// A stream's writer: writes in order, acknowledges batches once quinn took them.
+fn spawn_writer<F>(conn: ConnId, stream: StreamId, tx: mpsc::Sender<Msg>, open: F) -> mpsc::UnboundedSender<Write>
+where
+    F: std::future::Future<Output = std::result::Result<quinn::SendStream, String>> + Send + 'static,
+{
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Write>();
+    tokio::spawn(async move {
+        let Ok(mut send) = open.await else { return };
+        while let Some(w) = wrx.recv().await {
+            match w {
+                Write::Bytes(b, ack) => {
+                    if send.write_chunk(b).await.is_err() {
+                        return;
+                    }
+                    if ack && tx.send(Msg::Core(Event::Written { conn, stream })).await.is_err() {
+                        return;
+                    }
+                }
+                Write::Finish => {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+        }
+    });
+    wtx
+}
+
+/// A stream's reader: chunks become `Data` events; the end becomes `StreamEnded`.
+fn spawn_reader(conn: ConnId, stream: StreamId, mut recv: quinn::RecvStream, tx: mpsc::Sender<Msg>) {
+    tokio::spawn(async move {
+        loop {
+            match recv.read_chunk(256 * 1024, true).await {
+                Ok(Some(chunk)) => {
+                    if tx.send(Msg::Core(Event::Data { conn, stream, bytes: chunk.bytes })).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    let _ = tx.send(Msg::Core(Event::StreamEnded { conn, stream })).await;
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// The region a peer's certificate names (its first DNS subject alternative name). The
@@ -400,102 +738,4 @@ fn certificate_region(conn: &quinn::Connection) -> Option<String> {
         x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
         _ => None,
     })
-}
-
-async fn serve_connection(conn: quinn::Connection, p: Arc<MeshParams>, status: Arc<MeshStatus>) {
-    // Only a certificate from our CA that names a configured peer region is accepted.
-    let named = certificate_region(&conn);
-    let Some(cert_region) = named.filter(|r| p.cfg.peers.iter().any(|peer| &peer.region == r)) else {
-        tracing::warn!(
-            remote = %conn.remote_address(),
-            "mesh peer refused: its certificate names no configured region; issue it with `tickmesh certs issue REGION` and list the region in mesh.peers"
-        );
-        metrics::counter!("tickmesh_replicate_peers_refused_total", "reason" => "certificate").increment(1);
-        conn.close(quinn::VarInt::from_u32(1), b"certificate names no configured region");
-        return;
-    };
-    loop {
-        let (send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        let p = p.clone();
-        let status = status.clone();
-        let conn = conn.clone();
-        let cert_region = cert_region.clone();
-        tokio::spawn(async move {
-            let mut len = [0u8; 4];
-            if recv.read_exact(&mut len).await.is_err() {
-                return;
-            }
-            let n = u32::from_le_bytes(len) as usize;
-            if n > 1 << 20 {
-                tracing::warn!(remote = %conn.remote_address(), "mesh request of {n} bytes refused");
-                return;
-            }
-            let mut body = vec![0u8; n];
-            if recv.read_exact(&mut body).await.is_err() {
-                return;
-            }
-            let req: PullRequest = match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(remote = %conn.remote_address(), error = %e, "mesh request is not valid; closing");
-                    return;
-                }
-            };
-            if req.region != cert_region {
-                tracing::warn!(peer = %cert_region, claimed = %req.region, "mesh peer refused: it claims another region than its certificate names");
-                metrics::counter!("tickmesh_replicate_peers_refused_total", "reason" => "region").increment(1);
-                conn.close(quinn::VarInt::from_u32(2), b"region does not match certificate");
-                return;
-            }
-            let counters = status.peer(&req.region);
-            counters.sending.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(peer = %req.region, "serving home sources to peer");
-            let r = serve_pull(send, &p, &req, &counters, &conn).await;
-            counters.sending.fetch_sub(1, Ordering::Relaxed);
-            if let Err(e) = r {
-                tracing::debug!(peer = %req.region, error = %e, "stopped serving peer");
-            }
-        });
-    }
-}
-
-async fn serve_pull(
-    mut send: quinn::SendStream,
-    p: &MeshParams,
-    req: &PullRequest,
-    counters: &PeerCounters,
-    conn: &quinn::Connection,
-) -> Result<()> {
-    let mut cursors = Vec::new();
-    for src in &p.home {
-        let after = req.positions.get(src.as_str()).copied().unwrap_or(0);
-        cursors.push(p.store.cursor(src, after)?);
-    }
-    let mut appended = p.appended.clone();
-    let mut buf = Vec::with_capacity(BATCH_BYTES + 4096);
-    loop {
-        // Mark the current version seen before reading, so an append between the read and
-        // the wait still wakes us.
-        appended.borrow_and_update();
-        let mut n = 0;
-        for c in cursors.iter_mut() {
-            n += c.fill(&mut buf, BATCH_BYTES)?;
-        }
-        if n > 0 {
-            send.write_all(&buf)
-                .await
-                .map_err(|e| Error::Protocol { peer: req.region.clone(), what: format!("write: {e}") })?;
-            counters.records_out.fetch_add(n as u64, Ordering::Relaxed);
-            counters.rtt_us.store(conn.rtt().as_micros() as u64, Ordering::Relaxed);
-            buf.clear();
-            continue;
-        }
-        tokio::select! {
-            r = appended.changed() => if r.is_err() { return Ok(()) },
-            _ = conn.closed() => return Ok(()),
-        }
-    }
 }

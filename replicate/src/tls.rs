@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 /// ALPN protocol id of the mesh.
-pub const ALPN: &[u8] = b"tickmesh-mesh/1";
+pub const ALPN: &[u8] = b"tickmesh-mesh/2";
 
 /// A CA certificate and its key, PEM.
 #[derive(Debug, Clone)]

@@ -1,0 +1,294 @@
+//! `tickmesh bench mesh`: what the QUIC mesh adds on one link, next to a plain TCP relay of
+//! the same records.
+//!
+//! Two in-process mesh endpoints (region `a` home to one source, region `b` subscribed),
+//! optionally through the user-space WAN relay with a round-trip time (`--rtt-ms`):
+//! * **latency**: `a` appends records at `--rate` per second (`ts_ingest` = now); `b`
+//!   records `now - ts_ingest - one_way` per record: the latency the mesh adds over the
+//!   emulated link delay (p50, p99, p99.9).
+//! * **throughput**: `a` holds `--records` records before `b` subscribes; records per
+//!   second from `b`'s subscription to the last record (catch-up is the same path as live).
+//! * **TCP**: the same framed records over one loopback TCP connection, written in 64 KiB
+//!   batches, read and validated (`access_untrusted`) on the other side.
+
+use anyhow::Context;
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tickmesh_codec::{frame, Body, InstrumentId, Meta, Px, Qty, Record, Seq, Side, SourceId, Symbol, Trade};
+use tickmesh_replicate::tls::{self, Credentials, TlsFiles};
+use tickmesh_replicate::{MemoryStore, Mesh, MeshConfig, MeshParams, PeerConfig, RecordStore, Role};
+
+/// Options of `tickmesh bench mesh`.
+#[derive(Debug, Clone)]
+pub struct MeshBenchOptions {
+    /// Records per second in the latency run.
+    pub rate: u32,
+    /// Seconds of the latency run.
+    pub seconds: u64,
+    /// Emulated round-trip time of the link (0: plain loopback).
+    pub rtt_ms: u32,
+    /// Records of the throughput runs.
+    pub records: u64,
+}
+
+fn record(src: SourceId, seq: u64, now: u64) -> Vec<u8> {
+    let meta = Meta {
+        src,
+        seq: Seq(seq),
+        instrument: InstrumentId(1),
+        sym: Symbol::new("AAPL").expect("constant symbol"),
+        ts_event: now,
+        ts_ingest: now,
+    };
+    let body =
+        Body::Trade(Trade { px: Px::from_scaled(10_025, 2), qty: Qty::from_units(1), side: Side::Buy, match_id: seq });
+    Record::new(meta, body).to_bytes()
+}
+
+struct Pair {
+    _a: Mesh,
+    _b: Mesh,
+    appended: tokio::sync::watch::Sender<u64>,
+    _relay: Option<(tokio::runtime::Runtime, tickmesh_replicate::wan::Relay)>,
+}
+
+/// Starts `a` (serving `store`) and `b` (subscribing); `sink` sees every batch `b` gets.
+fn pair(
+    store: Arc<MemoryStore>,
+    src: SourceId,
+    rtt_ms: u32,
+    sink: tickmesh_replicate::Inbound,
+) -> anyhow::Result<Pair> {
+    let ca = tls::generate_ca("bench CA")?;
+    let creds =
+        |r: &str| -> anyhow::Result<Credentials> { Ok(Credentials::from_pem(&ca.cert, &tls::issue(&ca, r, 1)?)?) };
+    let files = TlsFiles { ca_cert: "-".into(), cert: "-".into(), key: "-".into() };
+    let free =
+        || -> anyhow::Result<std::net::SocketAddr> { Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?) };
+    let (a_addr, b_addr) = (free()?, free()?);
+    let relay = if rtt_ms > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let model = tickmesh_replicate::wan::LinkModel::from_rtt_ms(rtt_ms);
+        let r = rt.block_on(tickmesh_replicate::wan::Relay::start(a_addr, model, 1))?;
+        Some((rt, r))
+    } else {
+        None
+    };
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let cfg = |listen, peer: &str, addr: String| MeshConfig {
+        listen,
+        peers: vec![PeerConfig { region: peer.into(), addr }],
+        tls: files.clone(),
+        reconnect_ms: 50,
+        upstream: None,
+    };
+    let params = |region: &str,
+                  cfg: MeshConfig,
+                  store: Arc<dyn RecordStore>,
+                  home: Vec<SourceId>,
+                  inbound|
+     -> anyhow::Result<MeshParams> {
+        Ok(MeshParams {
+            region: region.into(),
+            role: Role::All,
+            cfg,
+            creds: creds(region)?,
+            store,
+            home,
+            appended: rx.clone(),
+            inbound,
+            policy: Arc::new(tickmesh_replicate::AllowAll),
+            audit: Arc::new(tickmesh_replicate::NoAudit),
+        })
+    };
+    let a =
+        Mesh::start(params("a", cfg(a_addr, "b", b_addr.to_string()), Arc::new(store), vec![src], Arc::new(|_| {}))?)?;
+    let to_a = relay.as_ref().map(|(_, r)| r.addr()).unwrap_or(a_addr).to_string();
+    let b_store: Arc<dyn RecordStore> = Arc::new(Arc::new(MemoryStore::default()));
+    let b = Mesh::start(params("b", cfg(b_addr, "a", to_a), b_store, vec![], sink)?)?;
+    Ok(Pair { _a: a, _b: b, appended: tx, _relay: relay })
+}
+
+fn count_frames(b: &[u8], mut each: impl FnMut(&[u8])) -> u64 {
+    let mut rest = b;
+    let mut n = 0;
+    while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
+        each(rec);
+        n += 1;
+        rest = tail;
+    }
+    n
+}
+
+/// A quantile of a histogram of microseconds.
+fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> u64 {
+    h.value_at_quantile(q)
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
+    let src = SourceId::new("BENCH.MESH")?;
+    let one_way_ns = u64::from(opts.rtt_ms) * 500_000;
+
+    // Latency at a fixed rate.
+    let store = Arc::new(MemoryStore::default());
+    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).context("histogram")?));
+    let got = Arc::new(AtomicU64::new(0));
+    let (h2, g2) = (hist.clone(), got.clone());
+    let p = pair(
+        store.clone(),
+        src,
+        opts.rtt_ms,
+        Arc::new(move |b: Bytes| {
+            let now = tickmesh_codec::now_ns();
+            let mut h = h2.lock().unwrap_or_else(|e| e.into_inner());
+            let n = count_frames(&b, |rec| {
+                if let Ok(r) = tickmesh_codec::access_untrusted(rec) {
+                    let added = now.saturating_sub(r.ts_ingest()).saturating_sub(one_way_ns);
+                    let _ = h.record(added / 1000);
+                }
+            });
+            g2.fetch_add(n, Ordering::Relaxed);
+        }),
+    )?;
+    // Let the link come up and b subscribe before the clock starts.
+    store.append(&record(src, 1, tickmesh_codec::now_ns()))?;
+    p.appended.send_replace(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.load(Ordering::Relaxed) < 1 {
+        anyhow::ensure!(Instant::now() < deadline, "the mesh link did not come up in 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hist.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    let total = u64::from(opts.rate) * opts.seconds;
+    let start = Instant::now();
+    let mut seq = 1;
+    let mut pacer = tickmesh_ingest::Pacer::new(opts.rate, tickmesh_codec::now_ns());
+    while seq <= total {
+        let now = tickmesh_codec::now_ns();
+        let due = pacer.due(now);
+        for _ in 0..due {
+            seq += 1;
+            store.append(&record(src, seq, tickmesh_codec::now_ns()))?;
+        }
+        if due > 0 {
+            p.appended.send_replace(seq);
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.load(Ordering::Relaxed) < seq {
+        anyhow::ensure!(Instant::now() < deadline, "b received {} of {seq} records", got.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent_for = start.elapsed();
+    drop(p);
+    let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // Throughput: catch-up of a preloaded store.
+    let store = Arc::new(MemoryStore::default());
+    let now = tickmesh_codec::now_ns();
+    let mut bytes_total = 0u64;
+    for s in 1..=opts.records {
+        let r = record(src, s, now);
+        bytes_total += r.len() as u64;
+        store.append(&r)?;
+    }
+    let got = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Mutex::new(None::<Instant>));
+    let (g2, d2, want) = (got.clone(), done.clone(), opts.records);
+    let t0 = Instant::now();
+    let p = pair(
+        store,
+        src,
+        opts.rtt_ms,
+        Arc::new(move |b: Bytes| {
+            let k = count_frames(&b, |_| {});
+            let n = g2.fetch_add(k, Ordering::Relaxed) + k;
+            if n >= want {
+                *d2.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+        }),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let end = loop {
+        if let Some(t) = *done.lock().unwrap_or_else(|e| e.into_inner()) {
+            break t;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "throughput run: b received {} of {}",
+            got.load(Ordering::Relaxed),
+            opts.records
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(p);
+    let mesh_secs = (end - t0).as_secs_f64();
+
+    // The same records over plain TCP, validated on receipt.
+    let mut framed = Vec::with_capacity(bytes_total as usize + 4 * opts.records as usize);
+    for s in 1..=opts.records {
+        frame::put_frame(&record(src, s, now), &mut framed);
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let want = opts.records;
+    let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pending: Vec<u8> = Vec::with_capacity(512 * 1024);
+        let mut n = 0u64;
+        while n < want {
+            let k = s.read(&mut buf)?;
+            anyhow::ensure!(k > 0, "tcp closed early");
+            pending.extend_from_slice(&buf[..k]);
+            let mut rest: &[u8] = &pending;
+            while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
+                tickmesh_codec::access_untrusted(rec)?;
+                n += 1;
+                rest = tail;
+            }
+            let used = pending.len() - rest.len();
+            pending.drain(..used);
+        }
+        Ok(n)
+    });
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    for chunk in framed.chunks(64 * 1024) {
+        s.write_all(chunk)?;
+    }
+    let n = reader.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
+    let tcp_secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(n == opts.records);
+
+    println!("tickmesh bench mesh: one link a -> b, quinn + mutual TLS, in-process, loopback");
+    println!(
+        "latency: {} records at {} rec/s over {:.1} s, emulated rtt {} ms (one way {} ms subtracted)",
+        seq,
+        opts.rate,
+        sent_for.as_secs_f64(),
+        opts.rtt_ms,
+        opts.rtt_ms / 2
+    );
+    println!(
+        "  added latency us: p50 {}  p99 {}  p99.9 {}  max {}",
+        pct(&h, 0.50),
+        pct(&h, 0.99),
+        pct(&h, 0.999),
+        h.max()
+    );
+    println!(
+        "throughput: {} records ({} MB)\n  mesh (catch-up, validated): {:.2} M rec/s\n  plain TCP (validated):      {:.2} M rec/s",
+        opts.records,
+        bytes_total / 1_000_000,
+        opts.records as f64 / mesh_secs / 1e6,
+        opts.records as f64 / tcp_secs / 1e6
+    );
+    Ok(())
+}
