@@ -10,6 +10,8 @@
 //! * [`metrics`]: the Prometheus recorder and process metrics.
 //! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
+//! * [`stats`]: live figures (`/v1/stats`, `/v1/stats/global`), the global VWAP
+//!   (`/v1/vwap`) and the gauges the alert rules read.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
@@ -20,3 +22,4 @@ pub mod http_get;
 pub mod metrics;
 pub mod node;
 pub mod regions;
+pub mod stats;

@@ -115,8 +115,10 @@ impl Node {
             home_last: home_last.clone(),
             started_ns: tickmesh_codec::now_ns(),
         });
-        let (gateway, fanout) = Gateway::start(cfg.gateway.clone(), shared.clone(), node_routes(view.clone()))
-            .context("starting the gateway")?;
+        let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
+        let routes = node_routes(view.clone()).merge(stats.routes());
+        let (gateway, fanout) =
+            Gateway::start(cfg.gateway.clone(), shared.clone(), routes).context("starting the gateway")?;
 
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
         let (appended_tx, appended_rx) = tokio::sync::watch::channel(0u64);
@@ -177,15 +179,23 @@ impl Node {
                 })
                 .context("starting the mesh")?;
                 let _ = view.mesh.set(mesh.status());
+                stats.set_mesh(mesh.status());
                 Some(mesh)
             }
         };
 
+        let ready_view = view.clone();
+        stats.set_ready(Box::new(move || {
+            let peers = ready_view.mesh.get().map(|m| m.peers()).unwrap_or_default();
+            not_ready_reasons(&ready_view, tickmesh_codec::now_ns(), &peers)
+        }));
+        stats.start_sampler().context("starting the stats thread")?;
         let hub = {
             let journal = journal.clone();
+            let tally = stats.tally();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last))
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, tally))
                 .context("starting the hub thread")?
         };
 
@@ -292,13 +302,15 @@ fn run_hub(
     mut fanout: Fanout,
     appended: tokio::sync::watch::Sender<u64>,
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+    mut tally: crate::stats::HubTally,
 ) {
     let mut appended_n = 0u64;
-    let publish = |fanout: &mut Fanout, bytes: &[u8]| {
+    let publish = |fanout: &mut Fanout, tally: &mut crate::stats::HubTally, bytes: &[u8]| {
         // SAFETY: local records were encoded by `Record::encode` in this process, and
         // remote ones were validated by the mesh with `access_untrusted`.
         let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
         fanout.publish(&rec);
+        tally.observe(&rec);
     };
     let mut fresh: Vec<SourceId> = Vec::new();
     let mut seqs: std::collections::BTreeMap<SourceId, Sequencer> = std::collections::BTreeMap::new();
@@ -317,7 +329,7 @@ fn run_hub(
                     let bytes = rec.to_bytes();
                     match journal.append(&bytes) {
                         Ok(_) => {
-                            publish(&mut fanout, &bytes);
+                            publish(&mut fanout, &mut tally, &bytes);
                             n += 1;
                             if !fresh.contains(&src) {
                                 fresh.push(src);
@@ -338,7 +350,7 @@ fn run_hub(
                         rest = tail;
                         match journal.append(rec) {
                             Ok(_) => {
-                                publish(&mut fanout, rec);
+                                publish(&mut fanout, &mut tally, rec);
                                 n += 1;
                             }
                             Err(tickmesh_journal::Error::OutOfOrder { .. }) => {
@@ -357,6 +369,7 @@ fn run_hub(
                 m.insert(*s, now);
             }
         }
+        tally.flush();
         if n > 0 {
             appended_n += n;
             metrics::counter!("tickmesh_node_records_total").increment(n);
@@ -532,11 +545,20 @@ fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::Pee
             v.cfg.ready.min_peers_reachable
         ));
     }
-    let probe = v.cfg.state_dir.join("journal").join(".ready-probe");
-    if let Err(e) = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+    if let Err(e) = journal_probe(&v.cfg.state_dir) {
         reasons.push(format!("journal directory is not writable ({e}); check the disk and its free space"));
     }
     reasons
+}
+
+/// Writes and removes a probe file in the journal directory: can the journal be written?
+pub(crate) fn journal_probe(state_dir: &std::path::Path) -> std::io::Result<()> {
+    // A name per call: readiness is checked by HTTP handlers on every core and by the
+    // stats thread at once, and two probes must not remove each other's file.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let probe = state_dir.join("journal").join(format!(".ready-probe-{n}"));
+    std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
 }
 
 async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
