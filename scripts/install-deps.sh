@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The dashboard: npm builds its chart library (gateway/dashboard), and tests/dashboard.rs
+# drives Debian's headless chromium with playwright-core; promtool checks the alert rules.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -23,6 +30,14 @@ if ! cmp -s scripts/requirements-test.txt "$VENV/.installed" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
   cp scripts/requirements-test.txt "$VENV/.installed"
 fi
+
+# npm packages, pinned by their package-lock.json files (npm ci only when the lock changed).
+for dir in gateway/dashboard tests/browser; do
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+  fi
+done
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
 cargo clippy --version >/dev/null

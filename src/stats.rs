@@ -312,7 +312,8 @@ impl Stats {
             "bytes_out_per_s": round2(rate(&|s| s.bytes_out)),
             "messages_out_total": last.messages_out,
             "bytes_out_total": last.bytes_out,
-            "connections": last.connections.max(0.0),
+            // The gauge is a float moved up and down by each core: never show -0.
+            "connections": last.connections.max(0.0) + 0.0,
             "slow_consumer_events_total": last.slow_events,
             "slow_consumer_events_per_s": round2(rate(&|s| s.slow_events)),
             "latency": {"ingest_to_send": latency},
