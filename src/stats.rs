@@ -38,6 +38,10 @@ use vwap::{Leg, VwapBook};
 /// for a freshly opened dashboard.
 pub const RING: usize = 61;
 
+/// Seconds over which `/v1/stats` computes its rates: long enough to smooth the bursts of
+/// a loaded machine, short enough to follow a change.
+pub const RATE_WINDOW_S: usize = 5;
+
 /// Seconds of the latency window (`latency.ingest_to_send` and its gauges).
 pub const LATENCY_WINDOW_S: usize = 10;
 
@@ -234,7 +238,7 @@ impl Stats {
             let g = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
             let n = g.ring.len();
             let last = g.ring.back().cloned().unwrap_or_default();
-            let prev = if n >= 2 { g.ring.get(n - 2).cloned() } else { None };
+            let prev = if n >= 2 { g.ring.get(n.saturating_sub(RATE_WINDOW_S + 1)).cloned() } else { None };
             let history: Vec<Value> =
                 g.ring.iter().zip(g.ring.iter().skip(1)).map(|(a, b)| history_point(a, b, &self.home)).collect();
             (last, prev, history, window_latency(&g.hists))
@@ -304,6 +308,7 @@ impl Stats {
             "ready": reasons.is_empty(),
             "reasons": reasons,
             "at_ms": now_ns / 1_000_000,
+            "rate_window_s": RATE_WINDOW_S,
             "uptime_s": round2(now_ns.saturating_sub(self.started_ns) as f64 / 1e9),
             "records_in_per_s": {"home": round2(home_rate), "replicated": round2(peer_rate), "total": round2(home_rate + peer_rate)},
             "records_in_total": all.values().map(|f| f.records).sum::<u64>(),

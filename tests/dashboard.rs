@@ -77,6 +77,27 @@ fn dashboard_in_headless_chromium_shows_live_figures() {
         "the binary serves no chart.js 4 (was npm missing at build time? run `cd gateway/dashboard && npm ci` and rebuild)"
     );
 
+    // A subscribed client that keeps reading, so messages flow out of the first region.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (url, token, stop) = (me.ws_url.clone(), demo.user_token.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (mut ws, _) = support::connect(&url, &token, "").await;
+                let sub = serde_json::json!({"op": "subscribe", "id": 1, "channels": ["trades"], "symbols": "*"});
+                support::send(&mut ws, sub).await;
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if support::next_json(&mut ws, Duration::from_secs(1)).await.is_some() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+    };
+
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&tmp).expect("target tmp dir");
     let shot = tmp.join(format!("dashboard-{}.png", std::process::id()));
@@ -103,6 +124,9 @@ fn dashboard_in_headless_chromium_shows_live_figures() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let received = reader.join().expect("reader thread");
+    assert!(received > 0, "the subscribed client received nothing");
     let out = child.wait_with_output().expect("browser script output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -119,6 +143,12 @@ fn dashboard_in_headless_chromium_shows_live_figures() {
         );
     }
     assert!(result["second"]["points"]["chart-records"].as_u64().unwrap_or(0) > 0, "{result}");
+    let (a, b) = (&result["first"]["regions"][&me.region], &result["second"]["regions"][&me.region]);
+    assert!(b["connections"].as_f64() >= Some(1.0), "the client is not counted: {b}");
+    assert!(
+        a["messages_out_per_s"].as_f64() > Some(0.0) || b["messages_out_per_s"].as_f64() > Some(0.0),
+        "no messages out shown: {a} then {b}"
+    );
     assert!(shot.exists(), "no screenshot at {}", shot.display());
     let keep = tmp.parent().unwrap_or(&tmp).join("dashboard.png");
     std::fs::copy(&shot, &keep).expect("copy the screenshot");
