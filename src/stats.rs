@@ -644,6 +644,18 @@ mod tests {
     }
 
     #[test]
+    fn fetch_errors_say_what_failed() {
+        let e = fetch_stats("https://eu-west-1.example.com", Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("is not an http:// URL"), "{e}");
+        // A port nothing listens on: refused at once, reported with the URL.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let e = fetch_stats(&format!("http://127.0.0.1:{port}"), Duration::from_millis(500)).unwrap_err();
+        assert!(e.starts_with(&format!("GET http://127.0.0.1:{port}/v1/stats")), "{e}");
+    }
+
+    #[test]
     fn global_view_marks_silent_regions_down_and_computes_lag() {
         let e = |r: &str| RegionEntry { region: r.into(), ws_url: String::new(), http_url: format!("http://{r}") };
         let regions = vec![e("us-east-1"), e("eu-west-1"), e("ap-southeast-1")];
