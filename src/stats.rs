@@ -45,6 +45,9 @@ pub const RATE_WINDOW_S: usize = 5;
 /// Seconds of the latency window (`latency.ingest_to_send` and its gauges).
 pub const LATENCY_WINDOW_S: usize = 10;
 
+/// How long a built `/v1/stats/global` answer is reused.
+pub const GLOBAL_CACHE: Duration = Duration::from_millis(500);
+
 /// How long `/v1/stats/global` waits for a region.
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -101,6 +104,9 @@ pub struct Stats {
     ready: OnceLock<ReadyFn>,
     live: Mutex<Live>,
     sampled: Mutex<Sampled>,
+    /// The last global view and when it was built: every open dashboard polls once a
+    /// second, and they share one fan-out to the regions per [`GLOBAL_CACHE`].
+    global: tokio::sync::Mutex<Option<(std::time::Instant, Value)>>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -126,6 +132,7 @@ impl Stats {
             ready: OnceLock::new(),
             live: Mutex::new(Live::default()),
             sampled: Mutex::new(Sampled::default()),
+            global: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -332,6 +339,19 @@ impl Stats {
     /// `/v1/stats/global`: every region's `/v1/stats` (this one from memory), each
     /// region's state, and the replication lag in records per source and region.
     pub async fn global_json(self: &Arc<Self>) -> Value {
+        // Held across the fan-out: concurrent pollers wait for one answer, not N fan-outs.
+        let mut cache = self.global.lock().await;
+        if let Some((at, v)) = cache.as_ref() {
+            if at.elapsed() < GLOBAL_CACHE {
+                return v.clone();
+            }
+        }
+        let v = self.build_global().await;
+        *cache = Some((std::time::Instant::now(), v.clone()));
+        v
+    }
+
+    async fn build_global(self: &Arc<Self>) -> Value {
         let now = tickmesh_codec::now_ns();
         let mut tasks = Vec::new();
         for e in &self.regions {

@@ -203,9 +203,11 @@ fn stats_vwap_and_global_view_with_a_region_down() {
     assert_eq!(code, 400, "{body}");
 
     // Global: every region active, lag rows for every replicated source with its home.
-    let g = wait_for(Duration::from_secs(30), "every region active in the global view", || {
+    let g = wait_for(Duration::from_secs(60), "every region active and every source replicated", || {
         let g = get_json(&me, "/v1/stats/global");
-        g["regions"].as_array()?.iter().all(|r| r["state"] == "active").then_some(g)
+        let active = g["regions"].as_array()?.iter().all(|r| r["state"] == "active");
+        let replicated = g["lag"].as_array()?.len() == names.len() * (names.len() - 1);
+        (active && replicated).then_some(g)
     });
     let listed: Vec<&str> = g["regions"].as_array().unwrap().iter().map(|r| r["region"].as_str().unwrap()).collect();
     let mut sorted = listed.clone();
