@@ -117,6 +117,12 @@ pub struct NodeConfig {
     /// When `/readyz` says this region should take traffic.
     #[serde(default)]
     pub ready: ReadyConfig,
+    /// The trading tier (order updates on the private `orders` channel); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trading: Option<crate::tiers::trading::TradingConfig>,
+    /// The user-data tier (profiles, entitlements, preferences); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userdata: Option<crate::tiers::userdata::UserDataConfig>,
 }
 
 /// `/readyz` thresholds (`[ready]`).
@@ -160,6 +166,18 @@ impl NodeConfig {
         }
         self.gateway.validate(&mut p);
         self.journal.validate(&mut p);
+        if let Some(t) = &self.trading {
+            t.validate(&mut p);
+            if self.feeds.iter().any(|f| f.source() == t.source) {
+                p.push(format!(
+                    "trading.source {} is also a feed's source; give the orders source its own id",
+                    t.source
+                ));
+            }
+        }
+        if let Some(u) = &self.userdata {
+            u.validate(&mut p);
+        }
         if let Some(m) = &self.mesh {
             m.validate(r, &mut p);
         }

@@ -268,6 +268,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             feeds: vec![feed_for(i, &r.name, &opts)?],
             regions: entries.clone(),
             ready: Default::default(),
+            trading: Some(crate::tiers::trading::TradingConfig {
+                source: format!("ORD.{}", crate::regions::short_code(&r.name)),
+            }),
+            userdata: Some(crate::tiers::userdata::UserDataConfig {
+                backend: crate::tiers::userdata::Backend::Redb,
+                postgres_url: None,
+                cache_ttl_s: 60,
+            }),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }

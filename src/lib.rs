@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod node;
 pub mod regions;
 pub mod stats;
+pub mod tiers;

@@ -53,6 +53,9 @@ pub struct Node {
     ingest: Vec<JoinHandle<()>>,
     hub: Option<JoinHandle<()>>,
     hub_tx: Option<Sender<HubMsg>>,
+    trading: crate::tiers::trading::TradingTier,
+    trading_hub: Arc<std::sync::RwLock<Option<Sender<HubMsg>>>>,
+    users: Option<Arc<crate::tiers::userdata::UserTier>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -116,11 +119,34 @@ impl Node {
             started_ns: tickmesh_codec::now_ns(),
         });
         let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
-        let routes = node_routes(view.clone()).merge(stats.routes());
+        let users = match &cfg.userdata {
+            Some(u) => Some(Arc::new(user_tier(&cfg, u)?)),
+            None => None,
+        };
+        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+        let taps = Arc::new(crate::tiers::trading::Taps::default());
+        // The tier reaches the hub through a slot that shutdown empties: handles a service
+        // keeps must not hold the hub open after the node stops.
+        let trading_hub = Arc::new(std::sync::RwLock::new(Some(hub_tx.clone())));
+        let trading = {
+            let slot = trading_hub.clone();
+            let submit: crate::tiers::trading::Submit = Arc::new(move |rec| {
+                let tx = slot.read().unwrap_or_else(|e| e.into_inner());
+                tx.as_ref().is_some_and(|tx| tx.send(HubMsg::Local(Box::new(rec))).is_ok())
+            });
+            let src = cfg.trading.as_ref().map(|t| SourceId::new(&t.source)).transpose()?;
+            crate::tiers::trading::TradingTier::new(cfg.region.clone(), src, submit, taps.clone())
+        };
+        let mut routes = node_routes(view.clone()).merge(stats.routes()).merge(crate::tiers::http::trading_routes(
+            Arc::new(crate::tiers::http::TradingState { tier: trading.clone(), shared: shared.clone() }),
+        ));
+        if let Some(tier) = &users {
+            let state = Arc::new(crate::tiers::http::UsersState { tier: tier.clone(), shared: shared.clone() });
+            routes = routes.merge(crate::tiers::http::routes(state));
+        }
         let (gateway, fanout) =
             Gateway::start(cfg.gateway.clone(), shared.clone(), routes).context("starting the gateway")?;
 
-        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
         let (appended_tx, appended_rx) = tokio::sync::watch::channel(0u64);
 
         let mut home = Vec::new();
@@ -171,6 +197,8 @@ impl Node {
                     cfg: mcfg.clone(),
                     creds,
                     store: Arc::new(JournalStore(journal.clone())),
+                    // The orders source is personal data and is not in this list: it is
+                    // never offered to peers (the residency policy classes it `pii` too).
                     home: home.clone(),
                     appended: appended_rx,
                     inbound: Arc::new(move |b| {
@@ -195,7 +223,7 @@ impl Node {
             let tally = stats.tally();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, tally))
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps, tally))
                 .context("starting the hub thread")?
         };
 
@@ -229,7 +257,19 @@ impl Node {
                     .context("starting an ingest thread")?,
             );
         }
-        Ok(Node { cfg, gateway: Some(gateway), mesh, journal, stop, ingest, hub: Some(hub), hub_tx: Some(hub_tx) })
+        Ok(Node {
+            cfg,
+            gateway: Some(gateway),
+            mesh,
+            journal,
+            stop,
+            ingest,
+            hub: Some(hub),
+            hub_tx: Some(hub_tx),
+            trading,
+            trading_hub,
+            users,
+        })
     }
 
     /// The gateway's bound address.
@@ -240,6 +280,16 @@ impl Node {
     /// The mesh's bound address.
     pub fn mesh_addr(&self) -> Option<std::net::SocketAddr> {
         self.mesh.as_ref().map(Mesh::local_addr)
+    }
+
+    /// The trading tier: subscribe to journaled records, publish users' order updates.
+    pub fn trading(&self) -> crate::tiers::trading::TradingTier {
+        self.trading.clone()
+    }
+
+    /// The user-data tier, when `[userdata]` is configured.
+    pub fn users(&self) -> Option<Arc<crate::tiers::userdata::UserTier>> {
+        self.users.clone()
     }
 
     /// The node's region.
@@ -260,6 +310,7 @@ impl Node {
         if let Some(m) = self.mesh.take() {
             m.shutdown();
         }
+        self.trading_hub.write().unwrap_or_else(|e| e.into_inner()).take();
         drop(self.hub_tx.take());
         if let Some(h) = self.hub.take() {
             let _ = h.join();
@@ -268,6 +319,42 @@ impl Node {
             tracing::error!(error = %e, "journal sync at shutdown failed");
         }
     }
+}
+
+/// The user-data tier: its store (redb in the state directory, or PostgreSQL), other
+/// regions reached over HTTP with node-minted admin tokens, and erasures logged.
+fn user_tier(
+    cfg: &NodeConfig,
+    u: &crate::tiers::userdata::UserDataConfig,
+) -> anyhow::Result<crate::tiers::userdata::UserTier> {
+    use crate::tiers::userdata::{Backend, PgStore, RedbStore, UserStore};
+    let store: Arc<dyn UserStore> = match u.backend {
+        Backend::Redb => Arc::new(RedbStore::open(&cfg.state_dir.join("userdata.redb"))?),
+        Backend::Postgres => Arc::new(PgStore::connect(u.postgres_url.as_deref().unwrap_or_default())?),
+    };
+    let secret = match cfg.auth.hs256_key_files.first() {
+        Some(f) => Some(
+            trim_newline(&std::fs::read(f).with_context(|| format!("reading the HS256 key {}", f.display()))?).to_vec(),
+        ),
+        None => None,
+    };
+    let home = crate::tiers::http::HttpHome {
+        region: cfg.region.clone(),
+        urls: cfg.regions.iter().map(|r| (r.region.clone(), r.http_url.clone())).collect(),
+        secret,
+    };
+    let others = cfg.regions.iter().map(|r| r.region.clone()).filter(|r| *r != cfg.region).collect();
+    let audit: crate::tiers::userdata::UserAudit = Arc::new(|e| {
+        tracing::info!(target: "tickmesh::audit", action = e.action, user = %e.user, region = %e.region, outcome = %e.outcome, "user data");
+    });
+    Ok(crate::tiers::userdata::UserTier::new(
+        cfg.region.clone(),
+        others,
+        store,
+        Arc::new(home),
+        audit,
+        Duration::from_secs(u.cache_ttl_s),
+    ))
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -302,6 +389,7 @@ fn run_hub(
     mut fanout: Fanout,
     appended: tokio::sync::watch::Sender<u64>,
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+    taps: Arc<crate::tiers::trading::Taps>,
     mut tally: crate::stats::HubTally,
 ) {
     let mut appended_n = 0u64;
@@ -310,6 +398,7 @@ fn run_hub(
         // remote ones were validated by the mesh with `access_untrusted`.
         let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
         fanout.publish(&rec);
+        taps.offer(bytes);
         tally.observe(&rec);
     };
     let mut fresh: Vec<SourceId> = Vec::new();

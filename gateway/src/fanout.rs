@@ -39,6 +39,9 @@ pub struct Encoded {
     /// True for a `Status` record that marks a gap in the venue's own feed (reason `GAP`):
     /// clients of the symbol get a `gap` naming it, whatever channel they take.
     pub venue_gap: bool,
+    /// For an `OrderUpdate` (the private `orders` channel), the owning user as the record
+    /// holds it (ASCII, zero-padded): only a session whose token `sub` equals it gets it.
+    pub owner: Option<[u8; 24]>,
     /// Complete text frame holding the JSON message.
     pub json_frame: Bytes,
     /// Length of the frame header at the front of `json_frame` (the rest is the JSON).
@@ -83,11 +86,18 @@ impl Encoded {
                 _ => None,
             },
             venue_gap: matches!(rec.body(), tickmesh_codec::BodyRef::Status(st) if st.reason.starts_with(b"GAP\0")),
+            owner: record_owner(rec),
             json_frame: Bytes::from(jf),
             json_header_len,
             binary_frame: Bytes::from(bf),
             binary_header_len,
         }
+    }
+
+    /// Whether a session whose token `sub` is `sub` may receive this record: every record
+    /// of a public channel, and an `OrderUpdate` only by its owner.
+    pub fn visible_to(&self, sub: &str) -> bool {
+        self.owner.is_none_or(|o| owner_is(&o, sub))
     }
 
     /// The JSON text without its frame header (for `batch=1` frames).
@@ -150,5 +160,37 @@ impl Fanout {
             // A core that has stopped is shutting down; nothing to deliver to.
             let _ = c.send(CoreMsg::Record(enc.clone()));
         }
+    }
+}
+
+/// The owning user of a private record (an `OrderUpdate`), `None` for public records.
+pub(crate) fn record_owner(rec: &RecordRef<'_>) -> Option<[u8; 24]> {
+    match rec.body() {
+        tickmesh_codec::BodyRef::OrderUpdate(u) => Some(u.user),
+        _ => None,
+    }
+}
+
+/// Whether a zero-padded user field names `sub` exactly (an empty `sub` owns nothing).
+pub(crate) fn owner_is(owner: &[u8; 24], sub: &str) -> bool {
+    let len = owner.iter().position(|&b| b == 0).unwrap_or(owner.len());
+    !sub.is_empty() && &owner[..len] == sub.as_bytes()
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn private_records_are_visible_only_to_their_owner() {
+        let mut alice = [0u8; 24];
+        alice[..5].copy_from_slice(b"alice");
+        assert!(owner_is(&alice, "alice"));
+        assert!(!owner_is(&alice, "alic"));
+        assert!(!owner_is(&alice, "alice2"));
+        assert!(!owner_is(&alice, ""));
+        assert!(!owner_is(&[0u8; 24], ""), "an empty sub owns nothing");
+        let full = [b'x'; 24];
+        assert!(owner_is(&full, &"x".repeat(24)));
     }
 }

@@ -177,7 +177,11 @@ impl SessionState {
             self.push_control(&g);
         }
         let Some(channel) = enc.kind.channel() else { return false };
-        if self.closing || !self.subs.matches(channel, enc.sym.as_str()) || self.replaying.contains(&enc.src) {
+        if self.closing
+            || !self.subs.matches(channel, enc.sym.as_str())
+            || self.replaying.contains(&enc.src)
+            || !enc.visible_to(&self.params.claims.sub)
+        {
             return false;
         }
         if let Some(floor) = self.floors.get(&enc.src) {
@@ -290,6 +294,9 @@ impl SessionState {
         // deltas cannot be rebuilt for the past); binary clients get every level record.
         let json = self.params.encoding == Encoding::Json;
         if (json && rec.kind() == RecordKind::Level) || !self.subs.matches(channel, rec.sym()) {
+            return;
+        }
+        if crate::fanout::record_owner(rec).is_some_and(|o| !crate::fanout::owner_is(&o, &self.params.claims.sub)) {
             return;
         }
         let enc = Encoded::new(rec, scratch);
