@@ -10,12 +10,20 @@
 
 ARG RUST_VERSION=1.95
 
+# The dashboard's chart library (chart.js, pinned by gateway/dashboard/package-lock.json);
+# gateway/build.rs embeds it in the binary, which serves it itself (no CDN).
+FROM node:20-bookworm-slim AS dashboard
+WORKDIR /dashboard
+COPY gateway/dashboard/package.json gateway/dashboard/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 # Keep symbols (useful in profiles), drop DWARF: the image stays small.
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo \
     CARGO_TERM_COLOR=never
 COPY . .
+COPY --from=dashboard /dashboard/node_modules gateway/dashboard/node_modules
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \

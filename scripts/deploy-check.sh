@@ -13,6 +13,7 @@
 #   7. checkov (deploy/.checkov.yaml) over the renders, deploy/ (Terraform and secrets)
 #      and the Dockerfile
 #   8. builds the Dockerfile when a container engine answers; says SKIP otherwise
+#   9. promtool check rules / test rules on deploy/monitoring (alert rules and their tests)
 # Exits 1 if any step failed (every step runs, so one run shows every problem).
 #
 # Environment: TICKMESH_BIN (default ${CARGO_TARGET_DIR:-target}/debug/tickmesh, built
@@ -126,6 +127,19 @@ for path in sys.argv[1:]:
         bad += 1
 sys.exit(1 if bad else 0)
 EOF
+
+step "alert rules (promtool: deploy/monitoring)"
+if ! command -v promtool >/dev/null 2>&1; then
+  fail "promtool is missing; run scripts/install-deps.sh (Debian package prometheus)"
+else
+  if promtool check rules deploy/monitoring/alerts.yml; then echo ok; else fail "promtool check rules"; fi
+  if promtool test rules deploy/monitoring/tests/*.yml; then echo ok; else fail "promtool test rules"; fi
+  if python3 -m json.tool deploy/monitoring/grafana/tickmesh.json >/dev/null; then
+    echo "ok: Grafana dashboard JSON"
+  else
+    fail "deploy/monitoring/grafana/tickmesh.json is not valid JSON"
+  fi
+fi
 
 step "checkov (deploy/.checkov.yaml)"
 # One target kind per run: checkov ignores -f when -d is given.

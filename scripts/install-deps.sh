@@ -9,6 +9,13 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # dig: the real DNS client of tests/dns_router.rs.
 command -v dig >/dev/null || need_apt+=(dnsutils)
+# The dashboard: npm builds its chart library (gateway/dashboard), and tests/dashboard.rs
+# drives Debian's headless chromium with playwright-core; promtool checks the alert rules.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -29,6 +36,14 @@ fi
 if ! "$VENV/bin/python" -c 'import tickmesh_client, os, sys; sys.exit(0 if os.path.realpath(tickmesh_client.__file__).startswith(os.path.realpath("clients/python")) else 1)' 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e clients/python
 fi
+
+# npm packages, pinned by their package-lock.json files (npm ci only when the lock changed).
+for dir in gateway/dashboard tests/browser; do
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+  fi
+done
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
 cargo clippy --version >/dev/null

@@ -17,6 +17,8 @@
 //! * [`client`]: [`client::Client`], the Rust client library: failover with `resume`,
 //!   every record exactly once.
 //! * [`http_get`]: a small blocking GET for loopback health checks.
+//! * [`stats`]: live figures (`/v1/stats`, `/v1/stats/global`), the global VWAP
+//!   (`/v1/vwap`) and the gauges the alert rules read.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
@@ -33,4 +35,5 @@ pub mod node;
 pub mod regions;
 pub mod route;
 pub mod route_http;
+pub mod stats;
 pub mod tiers;

@@ -455,7 +455,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
-    let metrics = tickmesh::metrics::Metrics::install();
+    let metrics = tickmesh::metrics::Metrics::install_for_region(&cfg.region);
     let node = tickmesh::node::Node::start(cfg, metrics)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_num::INT, signal_num::TERM] {

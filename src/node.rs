@@ -141,6 +141,7 @@ impl Node {
             audit: Some(audit.clone()),
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
+        let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
         let users = match &cfg.userdata {
             Some(u) => Some(Arc::new(user_tier(&cfg, u)?)),
             None => None,
@@ -159,9 +160,9 @@ impl Node {
             let src = cfg.trading.as_ref().map(|t| SourceId::new(&t.source)).transpose()?;
             crate::tiers::trading::TradingTier::new(cfg.region.clone(), src, submit, taps.clone())
         };
-        let mut routes = node_routes(view.clone()).merge(crate::tiers::http::trading_routes(Arc::new(
-            crate::tiers::http::TradingState { tier: trading.clone(), shared: shared.clone() },
-        )));
+        let mut routes = node_routes(view.clone()).merge(stats.routes()).merge(crate::tiers::http::trading_routes(
+            Arc::new(crate::tiers::http::TradingState { tier: trading.clone(), shared: shared.clone() }),
+        ));
         if let Some(tier) = &users {
             let state = Arc::new(crate::tiers::http::UsersState { tier: tier.clone(), shared: shared.clone() });
             routes = routes.merge(crate::tiers::http::routes(state));
@@ -236,15 +237,23 @@ impl Node {
                 let _ = view.mesh.set(mesh.status());
                 view.route.set_mesh(mesh.status());
                 let _ = view.mesh_ctl.set(mesh.handle());
+                stats.set_mesh(mesh.status());
                 Some(mesh)
             }
         };
 
+        let ready_view = view.clone();
+        stats.set_ready(Box::new(move || {
+            let peers = ready_view.mesh.get().map(|m| m.peers()).unwrap_or_default();
+            not_ready_reasons(&ready_view, tickmesh_codec::now_ns(), &peers)
+        }));
+        stats.start_sampler().context("starting the stats thread")?;
         let hub = {
             let journal = journal.clone();
+            let tally = stats.tally();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps))
+                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps, tally))
                 .context("starting the hub thread")?
         };
 
@@ -411,14 +420,16 @@ fn run_hub(
     appended: tokio::sync::watch::Sender<u64>,
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
     taps: Arc<crate::tiers::trading::Taps>,
+    mut tally: crate::stats::HubTally,
 ) {
     let mut appended_n = 0u64;
-    let publish = |fanout: &mut Fanout, bytes: &[u8]| {
+    let publish = |fanout: &mut Fanout, tally: &mut crate::stats::HubTally, bytes: &[u8]| {
         // SAFETY: local records were encoded by `Record::encode` in this process, and
         // remote ones were validated by the mesh with `access_untrusted`.
         let rec = unsafe { tickmesh_codec::access_trusted(bytes) };
         fanout.publish(&rec);
         taps.offer(bytes);
+        tally.observe(&rec);
     };
     let mut fresh: Vec<SourceId> = Vec::new();
     let mut seqs: std::collections::BTreeMap<SourceId, Sequencer> = std::collections::BTreeMap::new();
@@ -437,7 +448,7 @@ fn run_hub(
                     let bytes = rec.to_bytes();
                     match journal.append(&bytes) {
                         Ok(_) => {
-                            publish(&mut fanout, &bytes);
+                            publish(&mut fanout, &mut tally, &bytes);
                             n += 1;
                             if !fresh.contains(&src) {
                                 fresh.push(src);
@@ -458,7 +469,7 @@ fn run_hub(
                         rest = tail;
                         match journal.append(rec) {
                             Ok(_) => {
-                                publish(&mut fanout, rec);
+                                publish(&mut fanout, &mut tally, rec);
                                 n += 1;
                             }
                             Err(tickmesh_journal::Error::OutOfOrder { .. }) => {
@@ -477,6 +488,7 @@ fn run_hub(
                 m.insert(*s, now);
             }
         }
+        tally.flush();
         if n > 0 {
             appended_n += n;
             metrics::counter!("tickmesh_node_records_total").increment(n);
@@ -742,11 +754,20 @@ fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::Pee
             v.cfg.ready.min_peers_reachable
         ));
     }
-    let probe = v.cfg.state_dir.join("journal").join(".ready-probe");
-    if let Err(e) = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+    if let Err(e) = journal_probe(&v.cfg.state_dir) {
         reasons.push(format!("journal directory is not writable ({e}); check the disk and its free space"));
     }
     reasons
+}
+
+/// Writes and removes a probe file in the journal directory: can the journal be written?
+pub(crate) fn journal_probe(state_dir: &std::path::Path) -> std::io::Result<()> {
+    // A name per call: readiness is checked by HTTP handlers on every core and by the
+    // stats thread at once, and two probes must not remove each other's file.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let probe = state_dir.join("journal").join(format!(".ready-probe-{n}"));
+    std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
 }
 
 async fn readyz(State(v): State<Arc<NodeView>>) -> Response {

@@ -32,6 +32,9 @@ pub(crate) fn router(shared: Arc<GatewayShared>, extra: Router) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/book", get(book))
         .route("/", get(dashboard))
+        .route("/dashboard/app.js", get(|| asset("text/javascript; charset=utf-8", DASHBOARD_JS)))
+        .route("/dashboard/app.css", get(|| asset("text/css; charset=utf-8", DASHBOARD_CSS)))
+        .route("/dashboard/chart.umd.js", get(|| asset("text/javascript; charset=utf-8", CHART_JS)))
         .with_state(shared);
     own.merge(extra).fallback(|| async {
         http_error(
@@ -110,8 +113,25 @@ async fn book(req: Request) -> Response {
     }
 }
 
+/// The dashboard page: every region's rates, latency, lag and state, and the global VWAP,
+/// drawn from `/v1/stats/global` and `/v1/vwap` (served by the node) with chart.js.
+const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("../dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("../dashboard/app.css");
+/// chart.js from npm (version pinned in dashboard/package-lock.json), embedded by build.rs
+/// so the binary serves it with no CDN; a stand-in with a notice when npm was missing.
+const CHART_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chart.umd.js"));
+
 async fn dashboard() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("dashboard.html")).into_response()
+    asset("text/html; charset=utf-8", DASHBOARD_HTML.as_bytes()).await
+}
+
+async fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = Response::new(body.into());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 /// Serves one accepted connection (HTTP/1.1, upgrades allowed).
