@@ -39,6 +39,10 @@ pub struct Encoded {
     /// True for a `Status` record that marks a gap in the venue's own feed (reason `GAP`):
     /// clients of the symbol get a `gap` naming it, whatever channel they take.
     pub venue_gap: bool,
+    /// When the fan-out published a sampled record (ns; 0 for records not sampled, see
+    /// `hops::sampled`): the start of the gateway hop, which ends when a session's write of
+    /// it completes.
+    pub published_ns: u64,
     /// Complete text frame holding the JSON message.
     pub json_frame: Bytes,
     /// Length of the frame header at the front of `json_frame` (the rest is the JSON).
@@ -82,6 +86,7 @@ impl Encoded {
                 }),
                 _ => None,
             },
+            published_ns: if crate::hops::sampled(rec.seq()) { tickmesh_codec::now_ns() } else { 0 },
             venue_gap: matches!(rec.body(), tickmesh_codec::BodyRef::Status(st) if st.reason.starts_with(b"GAP\0")),
             json_frame: Bytes::from(jf),
             json_header_len,

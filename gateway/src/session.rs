@@ -81,6 +81,8 @@ pub(crate) struct SessionState {
     /// Token bucket for inbound requests.
     tokens: f64,
     tokens_at: Instant,
+    /// Sampled records queued and not yet written (the gateway hop, `hops`).
+    hop_samples: crate::hops::WriteSamples,
 }
 
 #[derive(Debug)]
@@ -129,6 +131,7 @@ impl SessionHandle {
                 next_heartbeat: now + Duration::from_millis(cfg.heartbeat_ms),
                 tokens: f64::from(cfg.max_requests_per_sec),
                 tokens_at: now,
+                hop_samples: Default::default(),
             }),
             wake: Notify::new(),
         }
@@ -204,6 +207,7 @@ impl SessionState {
         };
         self.out_bytes += item.len();
         self.out.push_back(item);
+        self.hop_samples.queued(enc);
         true
     }
 
@@ -603,10 +607,11 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
             loop {
                 handle.wake.notified().await;
                 loop {
-                    let closing = {
+                    let (closing, samples) = {
                         let mut st = handle.state.borrow_mut();
                         st.take_batch(&mut batch, 256);
-                        st.closing && st.out.is_empty()
+                        let samples = if st.out.is_empty() { st.hop_samples.take() } else { Vec::new() };
+                        (st.closing && st.out.is_empty(), samples)
                     };
                     if batch.is_empty() {
                         if closing {
@@ -625,6 +630,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     }
                     match result {
                         Ok(bytes) => {
+                            wcore.shared.hops().written(&samples, tickmesh_codec::now_ns());
                             metrics::counter!("tickmesh_gateway_frames_sent_total").increment(n_msgs);
                             metrics::counter!("tickmesh_gateway_bytes_sent_total").increment(bytes as u64);
                         }
