@@ -8,11 +8,13 @@
 //! * [`demo`]: `tickmesh demo`, one process per region on this machine.
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
+//! * [`budgets`]: `budgets.toml`, the latency budget of each hop.
 //! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
 //! See ARCHITECTURE.md for the data path and who owns each step.
 
+pub mod budgets;
 pub mod cmd;
 pub mod config;
 pub mod demo;
