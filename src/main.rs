@@ -132,21 +132,10 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
-    /// Ingest-to-client latency through real region processes on this machine.
-    E2e {
-        /// Regions to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1,ap-southeast-1")]
-        regions: Vec<String>,
-        /// Records per second per region.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        /// Measurement window in seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
-        #[arg(long, default_value = "off")]
-        wan: String,
-    },
+    /// Latency of every hop through real region processes, against budgets.toml.
+    E2e(tickmesh::cmd::bench_all::E2eArgs),
+    /// Every bench that exists, in one report (e2e, ingest, fanout, mesh, failover).
+    All(tickmesh::cmd::bench_all::AllArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,14 +236,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {
             tickmesh::cmd::bench_ingest::run(tickmesh::cmd::bench_ingest::IngestBenchOptions { data, seconds })
         }
-        Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {
-            tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
-                regions,
-                rate,
-                duration: std::time::Duration::from_secs(duration),
-                wan,
-            })
-        }
+        Cmd::Bench { cmd: BenchCmd::E2e(a) } => tickmesh::cmd::bench::e2e(a.options()?),
+        Cmd::Bench { cmd: BenchCmd::All(a) } => tickmesh::cmd::bench_all::run(a),
         Cmd::Token { key, sub, home, channels, symbols, roles, ttl, exp } => {
             let secret = std::fs::read(&key).with_context(|| format!("reading the key file {}", key.display()))?;
             let secret = String::from_utf8_lossy(&secret).trim_end().as_bytes().to_vec();

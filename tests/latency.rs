@@ -17,8 +17,11 @@ async fn every_hop_gets_samples_and_histograms_decode() {
     let demo = Demo::start(&["--regions", "us-east-1,eu-west-1", "--rate", "2000"]);
     let use1 = demo.regions.iter().find(|r| r.region == "us-east-1").unwrap().clone();
     let (mut ws, _) = connect(&use1.ws_url, &demo.user_token, "").await;
-    send(&mut ws, serde_json::json!({"op":"subscribe","id":1,"channels":["trades","quotes","book","status"],"symbols":"*"}))
-        .await;
+    send(
+        &mut ws,
+        serde_json::json!({"op":"subscribe","id":1,"channels":["trades","quotes","book","status"],"symbols":"*"}),
+    )
+    .await;
     // Keep reading so the writes complete; poll the node until every hop has samples.
     let deadline = Instant::now() + Duration::from_secs(60);
     let report = loop {

@@ -256,14 +256,18 @@ impl Hops {
     pub fn prometheus_text(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP tickmesh_hop_latency_seconds Latency per hop of sampled records (1 in {SAMPLE_EVERY} by seq).");
+        let _ = writeln!(
+            out,
+            "# HELP tickmesh_hop_latency_seconds Latency per hop of sampled records (1 in {SAMPLE_EVERY} by seq)."
+        );
         let _ = writeln!(out, "# TYPE tickmesh_hop_latency_seconds summary");
         for hop in Hop::ALL {
             let h = self.histogram(hop);
             let name = hop.as_str();
             for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
                 let v = if q >= 1.0 { h.max() } else { h.value_at_quantile(q) };
-                let _ = writeln!(out, "tickmesh_hop_latency_seconds{{hop=\"{name}\",quantile=\"{q}\"}} {}", v as f64 / 1e9);
+                let _ =
+                    writeln!(out, "tickmesh_hop_latency_seconds{{hop=\"{name}\",quantile=\"{q}\"}} {}", v as f64 / 1e9);
             }
             let sum = h.mean() * h.len() as f64 / 1e9;
             let _ = writeln!(out, "tickmesh_hop_latency_seconds_sum{{hop=\"{name}\"}} {sum}");
