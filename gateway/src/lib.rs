@@ -18,6 +18,8 @@
 //! sessions outright, so nothing on the per-record path takes a lock.
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench_support;
 mod books;
 pub mod config;
 mod core;

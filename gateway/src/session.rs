@@ -507,7 +507,7 @@ impl SessionState {
     }
 
     /// Moves up to `max` queued items into `batch` as frames ready to write.
-    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+    pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
         let mut lines: Vec<Bytes> = Vec::new();
         while batch.len() < max {
             let Some(item) = self.out.pop_front() else { break };
