@@ -117,6 +117,9 @@ pub struct NodeConfig {
     /// When `/readyz` says this region should take traffic.
     #[serde(default)]
     pub ready: ReadyConfig,
+    /// Logs and trace export (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `/readyz` thresholds (`[ready]`).
@@ -160,6 +163,7 @@ impl NodeConfig {
         }
         self.gateway.validate(&mut p);
         self.journal.validate(&mut p);
+        self.telemetry.validate(&mut p);
         if let Some(m) = &self.mesh {
             m.validate(r, &mut p);
         }

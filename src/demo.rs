@@ -268,6 +268,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             feeds: vec![feed_for(i, &r.name, &opts)?],
             regions: entries.clone(),
             ready: Default::default(),
+            telemetry: Default::default(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }

@@ -9,6 +9,7 @@
 //! * [`regions`]: REGIONS.md's round-trip matrix and failover order.
 //! * [`metrics`]: the Prometheus recorder and process metrics.
 //! * [`budgets`]: `budgets.toml`, the latency budget of each hop.
+//! * [`telemetry`]: structured logs and OTLP trace export (`[telemetry]`).
 //! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //!
@@ -22,3 +23,4 @@ pub mod http_get;
 pub mod metrics;
 pub mod node;
 pub mod regions;
+pub mod telemetry;

@@ -210,7 +210,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
             }
-            init_tracing(Some(&cfg.region));
+            let _telemetry = tickmesh::telemetry::init(Some(&cfg.region), &cfg.telemetry)?;
             run_node(cfg)
         }
         Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes } => {

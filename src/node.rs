@@ -195,7 +195,10 @@ impl Node {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, shared))
+                .spawn(move || {
+                    let _root = tracing::info_span!("hub", region = shared.region()).entered();
+                    run_hub(hub_rx, journal, fanout, appended_tx, home_last, shared)
+                })
                 .context("starting the hub thread")?
         };
 
@@ -213,7 +216,11 @@ impl Node {
                     ingest.push(
                         std::thread::Builder::new()
                             .name(format!("ingest-{src}"))
-                            .spawn(move || run_synthetic(feed, rate, tx, stop, shared))
+                            .spawn(move || {
+                                let _root =
+                                    tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
+                                run_synthetic(feed, rate, tx, stop, shared)
+                            })
                             .context("starting an ingest thread")?,
                     );
                 }
@@ -223,10 +230,14 @@ impl Node {
         for (src, rate, recorded, recs) in captures {
             let tx = hub_tx.clone();
             let stop = stop.clone();
+            let region = cfg.region.clone();
             ingest.push(
                 std::thread::Builder::new()
                     .name(format!("ingest-{src}"))
-                    .spawn(move || run_capture(recs, rate, recorded, tx, stop))
+                    .spawn(move || {
+                        let _root = tracing::info_span!("ingest", region, source = %src).entered();
+                        run_capture(recs, rate, recorded, tx, stop)
+                    })
                     .context("starting an ingest thread")?,
             );
         }

@@ -30,6 +30,7 @@ mod http;
 pub mod protocol;
 mod session;
 pub mod shared;
+pub mod trace;
 pub mod ws;
 
 pub use config::{GatewayConfig, SlowPolicy};
@@ -80,6 +81,8 @@ impl Gateway {
             let t = std::thread::Builder::new()
                 .name(format!("gw-core-{n}"))
                 .spawn(move || {
+                    // Every log line of this thread carries its region (structured field).
+                    let _root = tracing::info_span!("gw-core", region = shared.region(), core = n).entered();
                     match pin {
                         Some(c) if core_affinity::set_for_current(c) => {}
                         _ => {

@@ -373,6 +373,9 @@ impl SessionState {
     }
 
     fn subscribe(&mut self, core: &Rc<Core>, s: protocol::Subscribe) {
+        let span =
+            crate::trace::subscribe_span(core.shared.region(), self.id, s.resume.len(), s.traceparent.as_deref());
+        let _in_span = span.enter();
         let claims = &self.params.claims;
         for c in &s.channel_list {
             if *c == "orders" && claims.home.as_deref() != Some(core.shared.region()) {
