@@ -24,7 +24,7 @@ pub const SAMPLE_EVERY: u64 = 64;
 /// True if the record with this `seq` is timed at every hop.
 #[inline]
 pub fn sampled(seq: u64) -> bool {
-    seq % SAMPLE_EVERY == 0
+    seq.is_multiple_of(SAMPLE_EVERY)
 }
 
 /// A hop of the data path.

@@ -38,7 +38,7 @@ fn ops(n: usize) -> Vec<Op> {
     while out.len() < n {
         let r = rng.next() % 100;
         let tick = (rng.next() % 100) as i64;
-        let side = if rng.next() % 2 == 0 { Side::Buy } else { Side::Sell };
+        let side = if rng.next().is_multiple_of(2) { Side::Buy } else { Side::Sell };
         let px = Px(match side {
             Side::Buy => 100_000_000_000 - tick * 10_000_000,
             _ => 100_010_000_000 + tick * 10_000_000,
