@@ -57,9 +57,25 @@ report="$out/benchmarks.md"
   echo
   echo "## Criterion micro-benches (quick mode, fixed seeds)"
   echo
-  echo '```text'
-  grep -E '^[a-z_]+/|time:|thrpt:' "$crit" | sed 's/^ *//' || true
-  echo '```'
+  echo "| bench | median time per iteration | median throughput |"
+  echo "|---|---|---|"
+  # criterion prints "name time: [lo mid hi]" (the name alone on a line when long), then "thrpt: [lo mid hi]".
+  python3 - "$crit" <<'PY'
+import re, sys
+name = None
+time = None
+for line in open(sys.argv[1]):
+    m = re.match(r"^(\S+/\S+)", line)
+    if m:
+        name = m.group(1)
+    t = re.search(r"time:\s+\[(\S+ \S+) (\S+ \S+) (\S+ \S+)\]", line)
+    if t:
+        time = t.group(2)
+    r = re.search(r"thrpt:\s+\[(\S+ +\S+) (\S+ +\S+) (\S+ +\S+)\]", line)
+    if r and name and time:
+        print(f"| {name} | {time} | {' '.join(r.group(2).split())} |")
+        name = time = None
+PY
 } > "$report"
 echo "report: $report"
 if [ -z "${NO_DOCS:-}" ]; then

@@ -119,7 +119,7 @@ fn fetch_latency(addr: std::net::SocketAddr) -> anyhow::Result<LatencyReport> {
     serde_json::from_str(&body).with_context(|| format!("http://{addr}/v1/latency is not a latency report"))
 }
 
-/// Histograms of one report: hop name → histogram, and "mesh:<source>" → histogram.
+/// Histograms of one report: hop name → histogram, and `mesh:<source>` → histogram.
 fn histograms(r: &LatencyReport) -> anyhow::Result<BTreeMap<String, Histogram<u64>>> {
     let mut out = BTreeMap::new();
     for h in &r.hops {

@@ -29,7 +29,7 @@ pub struct E2eArgs {
     /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
     #[arg(long, default_value = "real", value_parser = ["real", "off"])]
     pub wan: String,
-    /// Report directory (default target/bench/<unix time>).
+    /// Report directory (default `target/bench/<unix time>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// The budgets file.
