@@ -133,6 +133,9 @@ pub struct NodeConfig {
     /// absent: every source is market data and goes everywhere.
     #[serde(default)]
     pub residency: ResidencyConfig,
+    /// Logs and trace export (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `/readyz` thresholds (`[ready]`).
@@ -189,6 +192,7 @@ impl NodeConfig {
             u.validate(&mut p);
         }
         self.residency.validate(&mut p);
+        self.telemetry.validate(&mut p);
         if let Some(m) = &self.mesh {
             m.validate(r, &mut p);
         }

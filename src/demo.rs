@@ -338,6 +338,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 cache_ttl_s: 60,
             }),
             residency: tickmesh_replicate::ResidencyConfig::regions_md(),
+            telemetry: Default::default(),
         };
         write(&r.dir.join("node.toml"), toml::to_string_pretty(&cfg)?)?;
     }

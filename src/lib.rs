@@ -16,6 +16,9 @@
 //! * [`admin_api`]: `POST /v1/admin/drain` and `/v1/admin/undrain` on every node.
 //! * [`client`]: [`client::Client`], the Rust client library: failover with `resume`,
 //!   every record exactly once.
+//! * [`budgets`]: `budgets.toml`, the latency budget of each hop.
+//! * [`telemetry`]: structured logs and OTLP trace export (`[telemetry]`).
+//! * [`cmd`]: subcommands (`certs`).
 //! * [`http_get`]: a small blocking GET for loopback health checks.
 //! * [`stats`]: live figures (`/v1/stats`, `/v1/stats/global`), the global VWAP
 //!   (`/v1/vwap`) and the gauges the alert rules read.
@@ -24,6 +27,7 @@
 
 pub mod admin_api;
 pub mod audit_http;
+pub mod budgets;
 pub mod client;
 pub mod cmd;
 pub mod config;
@@ -36,4 +40,5 @@ pub mod regions;
 pub mod route;
 pub mod route_http;
 pub mod stats;
+pub mod telemetry;
 pub mod tiers;

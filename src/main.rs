@@ -219,21 +219,10 @@ enum BenchCmd {
         #[arg(long, default_value = "kill", value_parser = ["kill", "freeze"])]
         fault: String,
     },
-    /// Ingest-to-client latency through real region processes on this machine.
-    E2e {
-        /// Regions to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1,ap-southeast-1")]
-        regions: Vec<String>,
-        /// Records per second per region.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        /// Measurement window in seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// WAN emulation: `real` (REGIONS.md round-trip times) or `off`.
-        #[arg(long, default_value = "off")]
-        wan: String,
-    },
+    /// Latency of every hop through real region processes, against budgets.toml.
+    E2e(tickmesh::cmd::bench_all::E2eArgs),
+    /// Every bench that exists, in one report (e2e, ingest, fanout, mesh, failover).
+    All(tickmesh::cmd::bench_all::AllArgs),
     /// One stream to 100, 1,000 and 10,000 clients: raw TCP, naive tokio-tungstenite, NATS, tickmesh.
     Fanout(tickmesh::cmd::bench_fanout::FanoutArgs),
     /// One server of `bench fanout`, run as its child process.
@@ -352,7 +341,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
             }
-            init_tracing(Some(&cfg.region));
+            let _telemetry = tickmesh::telemetry::init(Some(&cfg.region), &cfg.telemetry)?;
             run_node(cfg)
         }
         Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes, router } => {
@@ -407,14 +396,8 @@ fn main() -> anyhow::Result<()> {
                 fault,
             })
         }
-        Cmd::Bench { cmd: BenchCmd::E2e { regions, rate, duration, wan } } => {
-            tickmesh::cmd::bench::e2e(tickmesh::cmd::bench::E2eOptions {
-                regions,
-                rate,
-                duration: std::time::Duration::from_secs(duration),
-                wan,
-            })
-        }
+        Cmd::Bench { cmd: BenchCmd::E2e(a) } => tickmesh::cmd::bench::e2e(a.options()?),
+        Cmd::Bench { cmd: BenchCmd::All(a) } => tickmesh::cmd::bench_all::run(a),
         Cmd::Admin { cmd: AdminCmd::Route(c) } => tickmesh::cmd::admin_route::run(c),
         Cmd::Admin { cmd } => {
             use tickmesh::cmd::admin::{run, Action, AdminOptions};

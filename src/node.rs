@@ -37,8 +37,9 @@ use crate::metrics::Metrics;
 /// What producers hand the hub.
 enum HubMsg {
     /// One record of a home source, not yet sequenced: the hub numbers it when it journals
-    /// it, so a record the journal refuses (a full disk) never consumes a `seq`.
-    Local(Box<tickmesh_codec::Record>),
+    /// it, so a record the journal refuses (a full disk) never consumes a `seq`. The `u64`
+    /// is when the ingest thread handed it over (ns): the start of the journal hop.
+    Local(Box<tickmesh_codec::Record>, u64),
     /// A batch of length-prefixed records from a peer, already validated.
     Remote(Bytes),
 }
@@ -155,7 +156,7 @@ impl Node {
             let slot = trading_hub.clone();
             let submit: crate::tiers::trading::Submit = Arc::new(move |rec| {
                 let tx = slot.read().unwrap_or_else(|e| e.into_inner());
-                tx.as_ref().is_some_and(|tx| tx.send(HubMsg::Local(Box::new(rec))).is_ok())
+                tx.as_ref().is_some_and(|tx| tx.send(HubMsg::Local(Box::new(rec), tickmesh_codec::now_ns())).is_ok())
             });
             let src = cfg.trading.as_ref().map(|t| SourceId::new(&t.source)).transpose()?;
             crate::tiers::trading::TradingTier::new(cfg.region.clone(), src, submit, taps.clone())
@@ -190,8 +191,16 @@ impl Node {
         let mut captures = Vec::new();
         for f in &cfg.feeds {
             if let FeedConfig::Capture(c) = f {
+                let t0 = std::time::Instant::now();
                 let recs = crate::cmd::ingest::decode_all(&c.format, &c.path, Some(&c.source), c.date.as_deref())
                     .with_context(|| format!("feed {}: decoding {}", c.source, c.path.display()))?;
+                // Captures are decoded once, up front: the decode hop is the average cost per
+                // record of that pass, counted once per record a live feed would sample.
+                if !recs.is_empty() {
+                    let per = t0.elapsed().as_nanos() as u64 / recs.len() as u64;
+                    let n = (recs.len() as u64 / tickmesh_gateway::hops::SAMPLE_EVERY).max(1);
+                    shared.hops().record_n(tickmesh_gateway::hops::Hop::Decode, per, n);
+                }
                 if recs.is_empty() {
                     anyhow::bail!(
                         "feed {}: {} holds no records; check --format {}",
@@ -251,9 +260,13 @@ impl Node {
         let hub = {
             let journal = journal.clone();
             let tally = stats.tally();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("hub".into())
-                .spawn(move || run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps, tally))
+                .spawn(move || {
+                    let _root = tracing::info_span!("hub", region = shared.region()).entered();
+                    run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps, tally, shared)
+                })
                 .context("starting the hub thread")?
         };
 
@@ -267,10 +280,15 @@ impl Node {
                     let tx = hub_tx.clone();
                     let stop = stop.clone();
                     let rate = s.rate;
+                    let shared = shared.clone();
                     ingest.push(
                         std::thread::Builder::new()
                             .name(format!("ingest-{src}"))
-                            .spawn(move || run_synthetic(feed, rate, tx, stop))
+                            .spawn(move || {
+                                let _root =
+                                    tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
+                                run_synthetic(feed, rate, tx, stop, shared)
+                            })
                             .context("starting an ingest thread")?,
                     );
                 }
@@ -280,10 +298,14 @@ impl Node {
         for (src, rate, recorded, recs) in captures {
             let tx = hub_tx.clone();
             let stop = stop.clone();
+            let region = cfg.region.clone();
             ingest.push(
                 std::thread::Builder::new()
                     .name(format!("ingest-{src}"))
-                    .spawn(move || run_capture(recs, rate, recorded, tx, stop))
+                    .spawn(move || {
+                        let _root = tracing::info_span!("ingest", region, source = %src).entered();
+                        run_capture(recs, rate, recorded, tx, stop)
+                    })
                     .context("starting an ingest thread")?,
             );
         }
@@ -421,7 +443,10 @@ fn run_hub(
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
     taps: Arc<crate::tiers::trading::Taps>,
     mut tally: crate::stats::HubTally,
+    shared: Arc<GatewayShared>,
 ) {
+    use tickmesh_gateway::hops::{sampled, Hop};
+    let hops = shared.hops();
     let mut appended_n = 0u64;
     let publish = |fanout: &mut Fanout, tally: &mut crate::stats::HubTally, bytes: &[u8]| {
         // SAFETY: local records were encoded by `Record::encode` in this process, and
@@ -438,7 +463,7 @@ fn run_hub(
         fresh.clear();
         for msg in std::iter::once(first).chain(rx.try_iter().take(4096)) {
             match msg {
-                HubMsg::Local(mut rec) => {
+                HubMsg::Local(mut rec, handed_ns) => {
                     let src = rec.header.src;
                     let seq = seqs
                         .entry(src)
@@ -448,6 +473,11 @@ fn run_hub(
                     let bytes = rec.to_bytes();
                     match journal.append(&bytes) {
                         Ok(_) => {
+                            if sampled(rec.header.seq.0) {
+                                // Hand-over to appended: queueing to the hub, sequencing, encoding
+                                // and the journal write (ts_ingest is stamped here, just before).
+                                hops.record(Hop::Journal, tickmesh_codec::now_ns().saturating_sub(handed_ns));
+                            }
                             publish(&mut fanout, &mut tally, &bytes);
                             n += 1;
                             if !fresh.contains(&src) {
@@ -469,6 +499,16 @@ fn run_hub(
                         rest = tail;
                         match journal.append(rec) {
                             Ok(_) => {
+                                // Until the mesh stamps its batches, the mesh hop is measured as
+                                // the record's ts_ingest (its home region's clock) to its
+                                // arrival here: an upper bound that includes the home journal
+                                // hop, the mesh send, the link delay and the queue to this hub.
+                                // SAFETY: the mesh validated every record with `access_untrusted`.
+                                let r = unsafe { tickmesh_codec::access_trusted(rec) };
+                                if sampled(r.seq()) {
+                                    let d = tickmesh_codec::now_ns().saturating_sub(r.ts_ingest());
+                                    hops.record_mesh(r.source_id().as_str(), d);
+                                }
                                 publish(&mut fanout, &mut tally, rec);
                                 n += 1;
                             }
@@ -497,13 +537,26 @@ fn run_hub(
     }
 }
 
-fn run_synthetic(mut feed: SyntheticFeed, rate: u32, tx: Sender<HubMsg>, stop: Arc<AtomicBool>) {
+fn run_synthetic(
+    mut feed: SyntheticFeed,
+    rate: u32,
+    tx: Sender<HubMsg>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<GatewayShared>,
+) {
     let mut pacer = Pacer::new(rate, tickmesh_codec::now_ns());
+    let mut made = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let now = tickmesh_codec::now_ns();
         for _ in 0..pacer.due(now) {
+            // The synthetic feed's "decode" is making the record; timed for one in 64.
+            made += 1;
+            let timed = tickmesh_gateway::hops::sampled(made).then(std::time::Instant::now);
             let rec = feed.next_record(now);
-            if tx.send(HubMsg::Local(Box::new(rec))).is_err() {
+            if let Some(t) = timed {
+                shared.hops().record(tickmesh_gateway::hops::Hop::Decode, t.elapsed().as_nanos() as u64);
+            }
+            if tx.send(HubMsg::Local(Box::new(rec), tickmesh_codec::now_ns())).is_err() {
                 return;
             }
         }
@@ -530,7 +583,9 @@ fn run_capture(
     // Recorded pace: record i is due at pass_start + (ts_event[i] - ts_event[0]).
     let mut pass_start = tickmesh_codec::now_ns();
     let first_ts = recs.first().map(|r| r.header.ts_event).unwrap_or(0);
-    let send = |rec: &mut tickmesh_codec::Record| -> bool { tx.send(HubMsg::Local(Box::new(*rec))).is_ok() };
+    let send = |rec: &mut tickmesh_codec::Record| -> bool {
+        tx.send(HubMsg::Local(Box::new(*rec), tickmesh_codec::now_ns())).is_ok()
+    };
     while !stop.load(Ordering::Relaxed) {
         let now = tickmesh_codec::now_ns();
         let due = if recorded {
@@ -641,6 +696,7 @@ fn node_routes(view: Arc<NodeView>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/regions", get(regions))
         .route("/v1/admin/peers", post(add_peer))
+        .route("/v1/latency", get(latency))
         .with_state(view)
         .merge(route)
         .merge(audit)
@@ -725,6 +781,10 @@ async fn add_peer(State(v): State<Arc<NodeView>>, req: axum::extract::Request) -
     }
     tracing::info!(peer = %p.region, addr = %p.addr, by = %claims.sub, "mesh peer added by admin call");
     (StatusCode::OK, Json(json!({"added": p.region, "addr": p.addr}))).into_response()
+}
+
+async fn latency(State(v): State<Arc<NodeView>>) -> Response {
+    Json(v.shared.hops().report(&v.cfg.region)).into_response()
 }
 
 /// Why this region should not take traffic now (empty: ready).

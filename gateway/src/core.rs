@@ -84,11 +84,16 @@ impl Core {
         // task borrows the state only once it runs.
         let Some(handle) = self.sessions.borrow().get(&id).cloned() else { return };
         let core = self.clone();
-        tokio::task::spawn_local(async move {
-            for (src, from) in replays {
-                session::replay(core.clone(), handle.clone(), src, from).await;
-            }
-        });
+        // A child of the request's span (subscribe / resume), so a trace shows the catch-up.
+        let span = tracing::info_span!("gateway.catch_up", region = self.shared.region(), sources = replays.len());
+        tokio::task::spawn_local(tracing::Instrument::instrument(
+            async move {
+                for (src, from) in replays {
+                    session::replay(core.clone(), handle.clone(), src, from).await;
+                }
+            },
+            span,
+        ));
     }
 
     /// Re-indexes session `id` after its subscriptions changed.

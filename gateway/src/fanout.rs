@@ -42,6 +42,10 @@ pub struct Encoded {
     /// For an `OrderUpdate` (the private `orders` channel), the owning user as the record
     /// holds it (ASCII, zero-padded): only a session whose token `sub` equals it gets it.
     pub owner: Option<[u8; 24]>,
+    /// When the fan-out published a sampled record (ns; 0 for records not sampled, see
+    /// `hops::sampled`): the start of the gateway hop, which ends when a session's write of
+    /// it completes.
+    pub published_ns: u64,
     /// Complete text frame holding the JSON message.
     pub json_frame: Bytes,
     /// Length of the frame header at the front of `json_frame` (the rest is the JSON).
@@ -85,6 +89,7 @@ impl Encoded {
                 }),
                 _ => None,
             },
+            published_ns: if crate::hops::sampled(rec.seq()) { tickmesh_codec::now_ns() } else { 0 },
             venue_gap: matches!(rec.body(), tickmesh_codec::BodyRef::Status(st) if st.reason.starts_with(b"GAP\0")),
             owner: record_owner(rec),
             json_frame: Bytes::from(jf),

@@ -21,6 +21,8 @@
 //! sessions outright, so nothing on the per-record path takes a lock.
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench_support;
 mod books;
 pub mod config;
 mod core;
@@ -33,6 +35,7 @@ pub mod protocol;
 mod session;
 pub mod shared;
 mod subindex;
+pub mod trace;
 #[cfg(feature = "io-uring")]
 mod uring;
 pub mod ws;
@@ -103,6 +106,8 @@ impl Gateway {
             let t = std::thread::Builder::new()
                 .name(format!("gw-core-{n}"))
                 .spawn(move || {
+                    // Every log line of this thread carries its region (structured field).
+                    let _root = tracing::info_span!("gw-core", region = shared.region(), core = n).entered();
                     match pin {
                         Some(c) if core_affinity::set_for_current(c) => {}
                         _ => {

@@ -58,6 +58,8 @@ pub struct Subscribe {
     pub resume: BTreeMap<String, u64>,
     /// Slow-consumer policy, if given.
     pub slow: Option<SlowPolicy>,
+    /// W3C trace context the request's span joins (docs/tracing.md), if given.
+    pub traceparent: Option<String>,
 }
 
 /// A request that cannot be served: reply with `error`.
@@ -180,7 +182,31 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                     ))
                 }
             };
-            Ok(Request::Subscribe(Subscribe { id, channels, symbols, channel_list, symbol_list, depth, resume, slow }))
+            let traceparent =
+                match obj.get("traceparent") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(tp)) => {
+                        crate::trace::validate_traceparent(tp)
+                            .map_err(|m| Refusal::new(&id, ClientError::BadRequest, m))?;
+                        Some(tp.clone())
+                    }
+                    Some(_) => return Err(Refusal::new(
+                        &id,
+                        ClientError::BadRequest,
+                        "traceparent must be a string such as 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    )),
+                };
+            Ok(Request::Subscribe(Subscribe {
+                id,
+                channels,
+                symbols,
+                channel_list,
+                symbol_list,
+                depth,
+                resume,
+                slow,
+                traceparent,
+            }))
         }
         other => Err(Refusal::new(
             &id,

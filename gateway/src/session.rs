@@ -92,6 +92,8 @@ pub(crate) struct SessionState {
     /// Token bucket for inbound requests.
     tokens: f64,
     tokens_at: Instant,
+    /// Sampled records queued and not yet written (the gateway hop, `hops`).
+    hop_samples: crate::hops::WriteSamples,
 }
 
 #[derive(Debug)]
@@ -146,6 +148,7 @@ impl SessionHandle {
                 subs_changed: false,
                 tokens: f64::from(cfg.max_requests_per_sec),
                 tokens_at: now,
+                hop_samples: Default::default(),
             }),
             wake: Notify::new(),
             marked: std::cell::Cell::new(false),
@@ -226,6 +229,7 @@ impl SessionState {
         };
         self.out_bytes += item.len();
         self.out.push_back(item);
+        self.hop_samples.queued(enc);
         true
     }
 
@@ -420,6 +424,9 @@ impl SessionState {
     }
 
     fn subscribe(&mut self, core: &Rc<Core>, s: protocol::Subscribe) {
+        let span =
+            crate::trace::subscribe_span(core.shared.region(), self.id, s.resume.len(), s.traceparent.as_deref());
+        let _in_span = span.enter();
         let claims = &self.params.claims;
         for c in &s.channel_list {
             if *c == "orders" && claims.home.as_deref() != Some(core.shared.region()) {
@@ -563,7 +570,7 @@ impl SessionState {
 
     /// Moves up to `max` queued items into `batch` as frames ready to write; returns how
     /// many WebSocket frames they hold.
-    fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> u64 {
+    pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> u64 {
         let mut lines: Vec<Bytes> = Vec::new();
         let mut frames = 0u64;
         while batch.len() < max {
@@ -677,10 +684,11 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                 }
                 handle.wake.notified().await;
                 loop {
-                    let (closing, n_msgs) = {
+                    let (closing, n_msgs, samples) = {
                         let mut st = handle.state.borrow_mut();
                         let n = st.take_batch(&mut batch, 256);
-                        (st.closing && st.out.is_empty(), n)
+                        let samples = if st.out.is_empty() { st.hop_samples.take() } else { Vec::new() };
+                        (st.closing && st.out.is_empty(), n, samples)
                     };
                     if batch.is_empty() {
                         if closing {
@@ -708,6 +716,7 @@ pub(crate) async fn run(core: Rc<Core>, stream: TcpStream, already_read: Bytes, 
                     }
                     match result {
                         Ok(bytes) => {
+                            wcore.shared.hops().written(&samples, tickmesh_codec::now_ns());
                             metrics::counter!("tickmesh_gateway_frames_sent_total").increment(n_msgs);
                             metrics::counter!("tickmesh_gateway_bytes_sent_total").increment(bytes as u64);
                         }

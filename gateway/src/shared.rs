@@ -118,9 +118,9 @@ impl GatewayShared {
         self.positions.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text (the node's recorder, then the latency per hop).
     pub fn metrics_text(&self) -> String {
-        (self.metrics)()
+        (self.metrics)() + &self.hops.prometheus_text()
     }
 
     /// Gives the gateway the region's journal (for `resume`).
