@@ -146,7 +146,10 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                             return Err(Refusal::new(
                                 &id,
                                 ClientError::BadRequest,
-                                format!("resume[\"{src}\"] must be the last seq you processed, a non-negative integer"),
+                                format!(
+                                    "resume[\"{}\"] must be the last seq you processed, a non-negative integer",
+                                    src.chars().take(40).collect::<String>()
+                                ),
                             ));
                         };
                         resume.insert(src.clone(), seq);
@@ -168,7 +171,10 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                         return Err(Refusal::new(
                             &id,
                             ClientError::BadRequest,
-                            format!("slow policy '{s}' does not exist; use one of conflate, drop, disconnect"),
+                            format!(
+                                "slow policy '{}' does not exist; use one of conflate, drop, disconnect",
+                                s.chars().take(40).collect::<String>()
+                            ),
                         ))
                     }
                 },
