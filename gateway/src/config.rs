@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// Client requests per second allowed (burst of the same size); above it the
     /// connection is closed with 4029. Default 50.
     pub max_requests_per_sec: u32,
+    /// A connection must send its whole HTTP request head (the WebSocket upgrade included)
+    /// within this many milliseconds of connecting, or it is closed: a slow-loris client
+    /// cannot hold a socket open by trickling bytes. Default 10,000.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +73,7 @@ impl Default for GatewayConfig {
             slow_ms: 5_000,
             socket_send_buffer: 256 * 1024,
             max_requests_per_sec: 50,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -113,6 +118,9 @@ impl GatewayConfig {
                 "gateway.socket_send_buffer = {} is too small; use 0 (OS default) or at least 4096 (default 262144)",
                 self.socket_send_buffer
             ));
+        }
+        if self.handshake_timeout_ms == 0 {
+            problems.push("gateway.handshake_timeout_ms is 0; use at least 1 (default 10000)".into());
         }
         if self.max_requests_per_sec == 0 {
             problems.push("gateway.max_requests_per_sec is 0; use at least 1 (default 50)".into());
