@@ -199,8 +199,8 @@ proptest! {
         let (ed, ec) = split(&expect);
         prop_assert_eq!(gd, ed);
         prop_assert_eq!(gc.len(), ec.len());
-        let mut gc: Vec<_> = gc.into_iter().cloned().map(|m| format!("{m:?}")).collect();
-        let mut ec: Vec<_> = ec.into_iter().cloned().map(|m| format!("{m:?}")).collect();
+        let mut gc: Vec<_> = gc.into_iter().map(|m| format!("{m:?}")).collect();
+        let mut ec: Vec<_> = ec.into_iter().map(|m| format!("{m:?}")).collect();
         gc.sort();
         ec.sort();
         prop_assert_eq!(gc, ec);
