@@ -193,7 +193,7 @@ fn pcap_files() -> &'static Vec<Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config(128))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn itch_file_windows_mutated(from in any::<usize>(), n in 1usize..80, muts in mutations(4), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
