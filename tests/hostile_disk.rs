@@ -196,12 +196,12 @@ impl Drop for Tmpfs {
 
 #[test]
 fn full_disk_turns_readiness_false_and_loses_nothing() {
-    // Only the journal directory sits on the small file system, so the node's log (beside
-    // it in the state directory) still records what happens while the disk is full.
+    // The whole state directory, the node's log included, sits on the small file system:
+    // a node must survive its log failing to write as well as its journal.
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let mnt = state.join(REGION).join("journal");
+    let mnt = tmp.path().join("disk");
     std::fs::create_dir_all(&mnt).unwrap();
+    let state = mnt.join("state");
     let ok = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
         .arg(&mnt)
