@@ -318,8 +318,14 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 fn init_tracing(region: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TICKMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // No internal-error reporting: when the log's disk is full, tracing-subscriber would
+    // report the failed write with `eprintln!`, which panics and kills the logging thread.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .log_internal_errors(false)
+        .try_init();
     if let Some(r) = region {
         tracing::info!(region = r, "tickmesh {}", env!("CARGO_PKG_VERSION"));
     }

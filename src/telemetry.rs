@@ -124,11 +124,19 @@ pub fn init(region: Option<&str>, cfg: &TelemetryConfig) -> anyhow::Result<Telem
         tracing_subscriber::EnvFilter::try_from_env("TICKMESH_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
+    // No internal-error reporting: when the log's disk is full, tracing-subscriber would
+    // report the failed write with `eprintln!`, which panics and kills the logging thread
+    // (tests/hostile_disk.rs).
     let fmt = match cfg.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .log_internal_errors(false)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .log_internal_errors(false)
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),

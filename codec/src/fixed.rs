@@ -99,7 +99,8 @@ impl ArchivedQty {
 }
 
 fn parse_fixed(s: &str) -> Result<i64, Error> {
-    let bad = |why: &'static str| Error::BadDecimal { text: s.chars().take(40).collect(), why };
+    let bad =
+        |why: &'static str| Error::BadDecimal { text: s.chars().take(40).flat_map(char::escape_debug).collect(), why };
     let b = s.as_bytes();
     if b.is_empty() {
         return Err(bad("empty"));

@@ -23,7 +23,9 @@ macro_rules! ascii_id {
                 let b = s.as_bytes();
                 let ok: fn(u8) -> bool = $valid;
                 if b.is_empty() || b.len() > $len || !b.iter().all(|c| ok(*c)) {
-                    return Err(Error::$err(s.chars().take(64).collect()));
+                    // Escaped: the text is untrusted and ends up in log lines and client
+                    // replies, where a raw newline or control character would forge lines.
+                    return Err(Error::$err(s.chars().take(64).flat_map(char::escape_debug).collect()));
                 }
                 let mut v = [0u8; $len];
                 v[..b.len()].copy_from_slice(b);
@@ -39,7 +41,18 @@ macro_rules! ascii_id {
             }
             /// From stored bytes, validating them (used on untrusted records).
             pub fn from_bytes(b: &[u8; $len]) -> Result<Self, Error> {
-                Self::new(id_str(b))
+                let id = Self::new(id_str(b))?;
+                // The bytes after the text must be the zero padding `new` writes: otherwise
+                // two different byte strings decode to the same id, and a record relayed
+                // byte for byte would differ between regions that hold "the same" record.
+                if id.0 != *b {
+                    return Err(Error::Invalid(format!(
+                        "{} '{}' is followed by non-zero padding bytes; pad ids with zeros",
+                        stringify!($name),
+                        id.as_str()
+                    )));
+                }
+                Ok(id)
             }
         }
 

@@ -61,6 +61,10 @@ pub struct GatewayConfig {
     /// `auto`: io_uring where the build has it and the kernel allows it, epoll otherwise.
     /// Default `auto`: io_uring was the faster in docs/gateway.md.
     pub io_backend: String,
+    /// A connection must send its whole HTTP request head (the WebSocket upgrade included)
+    /// within this many milliseconds of connecting, or it is closed: a slow-loris client
+    /// cannot hold a socket open by trickling bytes. Default 10,000.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +80,7 @@ impl Default for GatewayConfig {
             socket_send_buffer: 256 * 1024,
             max_requests_per_sec: 50,
             io_backend: "auto".into(),
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -128,6 +133,9 @@ impl GatewayConfig {
                 "gateway.io_backend = \"io_uring\" but this build has no io_uring support; rebuild with `--features io-uring` or use \"epoll\"".into(),
             ),
             other => problems.push(format!("gateway.io_backend = {other:?} is not known; use \"auto\", \"epoll\" or \"io_uring\"")),
+        }
+        if self.handshake_timeout_ms == 0 {
+            problems.push("gateway.handshake_timeout_ms is 0; use at least 1 (default 10000)".into());
         }
         if self.max_requests_per_sec == 0 {
             problems.push("gateway.max_requests_per_sec is 0; use at least 1 (default 50)".into());

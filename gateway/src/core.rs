@@ -362,7 +362,8 @@ pub(crate) async fn run_core(
                     if cfg.socket_send_buffer > 0 {
                         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(cfg.socket_send_buffer);
                     }
-                    tokio::task::spawn_local(crate::http::serve_connection(stream, router.clone()));
+                    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+                    tokio::task::spawn_local(crate::http::serve_connection(stream, router.clone(), timeout));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

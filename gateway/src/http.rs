@@ -135,10 +135,10 @@ async fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) ->
 }
 
 /// Serves one accepted connection (HTTP/1.1, upgrades allowed).
-pub(crate) async fn serve_connection(stream: TcpStream, router: Router) {
+pub(crate) async fn serve_connection(stream: TcpStream, router: Router, handshake_timeout: std::time::Duration) {
     let svc = hyper_util::service::TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
-        .header_read_timeout(std::time::Duration::from_secs(10))
+        .header_read_timeout(handshake_timeout)
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();

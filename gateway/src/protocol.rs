@@ -148,7 +148,10 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                             return Err(Refusal::new(
                                 &id,
                                 ClientError::BadRequest,
-                                format!("resume[\"{src}\"] must be the last seq you processed, a non-negative integer"),
+                                format!(
+                                    "resume[\"{}\"] must be the last seq you processed, a non-negative integer",
+                                    src.chars().take(40).collect::<String>()
+                                ),
                             ));
                         };
                         resume.insert(src.clone(), seq);
@@ -170,7 +173,10 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                         return Err(Refusal::new(
                             &id,
                             ClientError::BadRequest,
-                            format!("slow policy '{s}' does not exist; use one of conflate, drop, disconnect"),
+                            format!(
+                                "slow policy '{}' does not exist; use one of conflate, drop, disconnect",
+                                s.chars().take(40).collect::<String>()
+                            ),
                         ))
                     }
                 },

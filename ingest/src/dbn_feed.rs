@@ -186,6 +186,11 @@ struct Mapper {
     offset: u64,
 }
 
+/// Largest DBN metadata header accepted (32 MiB): far above real files (a day of symbol
+/// mappings for a whole venue is a few MiB), and a bound on what a corrupt length field can
+/// make the decoder allocate.
+const MAX_METADATA_LEN: usize = 32 << 20;
+
 /// A sans-I/O DBN decoder (see the module docs for the mapping).
 pub struct DbnDecoder {
     fsm: DbnFsm,
@@ -202,6 +207,9 @@ pub struct DbnDecoder {
     held: Vec<u8>,
     /// An earlier error stopped the decoder.
     failed: bool,
+    /// The state machine's buffer starts at a record boundary (metadata done, or a
+    /// fragment), so record lengths can be checked before it sees them.
+    in_records: bool,
     m: Mapper,
 }
 
@@ -263,6 +271,7 @@ impl DbnDecoder {
             written: 0,
             held: Vec::with_capacity(4),
             failed: false,
+            in_records: fragment,
             m: Mapper {
                 src,
                 src_fixed,
@@ -431,13 +440,28 @@ impl DbnDecoder {
             }
             let mut h = [0u8; 4];
             h.copy_from_slice(&head[..4]);
+            let declared = head.get(4..8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             self.check_prefix(&h)?;
+            if !self.fragment {
+                // `dbn` sizes its buffer from the declared metadata length before any of it
+                // arrives: refuse a length no real file has rather than allocate up to 4 GiB.
+                let Some(declared) = declared else { return Ok(()) };
+                if declared as usize > MAX_METADATA_LEN {
+                    return Err(self.parse_err(format!(
+                        "DBN metadata header declares {declared} bytes, over the {MAX_METADATA_LEN} this decoder accepts; the stream is corrupt or not DBN"
+                    )));
+                }
+            }
             self.checked = true;
         }
         loop {
+            if self.in_records {
+                self.check_record_lengths()?;
+            }
             match self.fsm.process_batch() {
                 ProcessResult::ReadMore(_) => return Ok(()),
                 ProcessResult::Metadata(md) => {
+                    self.in_records = true;
                     self.m.on_metadata(md);
                     // The first record starts where the buffered, unprocessed bytes begin.
                     self.m.offset = self.written - self.fsm.data().len() as u64;
@@ -453,6 +477,27 @@ impl DbnDecoder {
                 }
             }
         }
+    }
+
+    /// Refuses a buffered record whose length byte is not a multiple of 8 bytes of at least
+    /// a record header. Every DBN record is (they are `repr(C)` with 8-byte fields), and the
+    /// `dbn` state machine takes the length on trust: the record after a bad one would start
+    /// misaligned, which `dbn` asserts against in debug builds (a panic) and reads through a
+    /// misaligned reference in release builds. Only the length bytes are read.
+    fn check_record_lengths(&mut self) -> Result<()> {
+        let data = self.fsm.data();
+        let mut at = 0usize;
+        while let Some(&words) = data.get(at) {
+            let len = usize::from(words) * 4;
+            if len < 16 || len % 8 != 0 {
+                self.m.offset = self.written.saturating_sub((data.len() - at) as u64);
+                return Err(self.parse_err(format!(
+                    "DBN record declares a length of {len} bytes, which is not a multiple of 8 of at least 16; the stream is corrupt from here on"
+                )));
+            }
+            at += len;
+        }
+        Ok(())
     }
 
     fn feed_inner(&mut self, input: &[u8], out: &mut Vec<Record>) -> Result<()> {

@@ -390,13 +390,15 @@ impl Session {
                 if header.seq > self.next_seq {
                     first_event = Some(SessionEvent::Gap { session: s, expected: self.next_seq, got: header.seq });
                     self.stats.gaps += 1;
-                    self.stats.missing += header.seq - self.next_seq;
+                    // Saturating: a corrupt or hostile sequence number near 2^64 must not
+                    // overflow the counter (a panic in debug builds, a wrong count in release).
+                    self.stats.missing = self.stats.missing.saturating_add(header.seq - self.next_seq);
                     self.next_seq = header.seq;
                 } else if header.seq < self.next_seq && n > 0 {
                     let behind = self.next_seq - header.seq;
                     let skip = behind.min(u64::from(n)) as u16;
                     pkt.skip = skip;
-                    self.stats.duplicates += u64::from(skip);
+                    self.stats.duplicates = self.stats.duplicates.saturating_add(u64::from(skip));
                     first_event = Some(SessionEvent::Duplicate { session: s, seq: header.seq, count: u64::from(skip) });
                 }
             }

@@ -204,3 +204,8 @@ pub async fn next_msg(ws: &mut Ws, limit: Duration) -> Option<Msg> {
         }
     }
 }
+
+/// Sends a JSON request; an error instead of a panic when the connection is gone.
+pub async fn send_checked(ws: &mut Ws, v: Value) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.send(Message::Text(v.to_string().into())).await
+}

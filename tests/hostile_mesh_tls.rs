@@ -1,0 +1,125 @@
+//! The mesh port of a running region refuses peers that are not peers: a certificate from a
+//! foreign CA, an expired one from the right CA, and one from the right CA naming a region
+//! that is not configured. Each refusal is logged. A certificate of the right CA naming a
+//! configured peer completes the handshake (the control that the refusals mean something).
+//!
+//! The test holds the CA key: it runs a two-region demo once to lay out the state directory,
+//! then replaces the mesh PKI with its own CA and restarts `us-east-1` alone on it.
+//! Mesh *messages* are not fuzzed here: the mesh protocol is being rewritten.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::Demo;
+use tickmesh_replicate::tls::{self, CaPem, Credentials, LeafPem};
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A leaf for `region` signed by `ca`, valid only in 2020 (long expired).
+fn expired_leaf(ca: &CaPem, region: &str) -> LeafPem {
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![region.to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, region);
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    LeafPem { cert: cert.pem(), key: key.serialize_pem() }
+}
+
+/// Dials the mesh port with `leaf` (trusting `trust` for the server) and returns how the
+/// connection ended within a few seconds: `Err(reason)` if refused, `Ok(())` if it stayed up.
+async fn dial(addr: std::net::SocketAddr, trust: &str, leaf: &LeafPem) -> Result<(), String> {
+    let creds = Credentials::from_pem(trust, leaf).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(creds.client_config().unwrap());
+    let connecting = ep.connect(addr, "us-east-1").map_err(|e| e.to_string())?;
+    let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Err(_) => return Err("handshake timed out".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(c)) => c,
+    };
+    // With TLS 1.3 the server checks the client certificate after the client considers the
+    // handshake done: a refusal closes the connection right after.
+    match tokio::time::timeout(Duration::from_secs(3), conn.closed()).await {
+        Ok(reason) => Err(reason.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path();
+    drop(Demo::start_in(state, &["--regions", "us-east-1,eu-west-1"], None));
+
+    // Our own CA for the mesh of us-east-1.
+    let ca = tls::generate_ca("hostile-test-ca").unwrap();
+    let node_leaf = tls::issue(&ca, "us-east-1", 30).unwrap();
+    let pki = state.join("pki");
+    std::fs::write(pki.join("ca.pem"), &ca.cert).unwrap();
+    std::fs::write(pki.join("us-east-1.pem"), &node_leaf.cert).unwrap();
+    std::fs::write(pki.join("us-east-1.key"), &node_leaf.key).unwrap();
+    let cfg_path = state.join("us-east-1").join("node.toml");
+    let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mesh: std::net::SocketAddr = cfg["mesh"]["listen"].as_str().unwrap().parse().unwrap();
+    let http: std::net::SocketAddr = cfg["gateway"]["listen"].as_str().unwrap().parse().unwrap();
+    let log = state.join("us-east-1").join("mesh-tls.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+            .arg("node")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("TICKMESH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tickmesh::http_get::get(http, "/healthz", Duration::from_secs(1)).is_err() {
+        assert!(Instant::now() < deadline, "node did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let foreign = tls::generate_ca("evil-ca").unwrap();
+    let cases: Vec<(&str, LeafPem)> = vec![
+        ("foreign CA", tls::issue(&foreign, "eu-west-1", 30).unwrap()),
+        ("expired", expired_leaf(&ca, "eu-west-1")),
+        ("names an unknown region", tls::issue(&ca, "mars-1", 30).unwrap()),
+        ("names the node's own region", tls::issue(&ca, "us-east-1", 30).unwrap()),
+    ];
+    for (what, leaf) in &cases {
+        let r = dial(mesh, &ca.cert, leaf).await;
+        eprintln!("{what}: {r:?}");
+        assert!(r.is_err(), "a peer whose certificate {what} was let in");
+    }
+    // Control: a certificate of our CA for a configured peer gets through the handshake.
+    let good = tls::issue(&ca, "eu-west-1", 30).unwrap();
+    let r = dial(mesh, &ca.cert, &good).await;
+    eprintln!("valid eu-west-1 certificate: {r:?}");
+    // The mesh protocol may still close it (an application close), never TLS.
+    let tls_refusal = r.as_ref().is_err_and(|e| e.contains("cryptographic") || e.contains("certificate"));
+    assert!(!tls_refusal, "a valid peer certificate was refused: {r:?}");
+
+    // Every refusal is in the log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refusals = text.lines().filter(|l| l.contains("refused")).count();
+    assert!(refusals >= 3, "refusals are not logged ({refusals} lines):\n{text}");
+}
