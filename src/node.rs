@@ -265,7 +265,8 @@ impl Node {
                 .name("hub".into())
                 .spawn(move || {
                     let _root = tracing::info_span!("hub", region = shared.region()).entered();
-                    run_hub(hub_rx, journal, fanout, appended_tx, home_last, taps, tally, shared)
+                    let out = HubOutputs { fanout, appended: appended_tx, home_last, taps, tally, shared };
+                    run_hub(hub_rx, journal, out)
                 })
                 .context("starting the hub thread")?
         };
@@ -435,16 +436,24 @@ fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>) -> Vec<RegionLink>
         .collect()
 }
 
-fn run_hub(
-    rx: Receiver<HubMsg>,
-    journal: Arc<Journal>,
-    mut fanout: Fanout,
+/// Where the hub's records go once journaled, besides the journal itself.
+struct HubOutputs {
+    /// The gateway's fan-out.
+    fanout: Fanout,
+    /// The mesh senders' wake-up (count of records appended).
     appended: tokio::sync::watch::Sender<u64>,
+    /// When each home source last had a record journaled (feed staleness).
     home_last: Arc<std::sync::Mutex<std::collections::BTreeMap<SourceId, u64>>>,
+    /// The trading tier's in-process subscribers.
     taps: Arc<crate::tiers::trading::Taps>,
-    mut tally: crate::stats::HubTally,
+    /// Counters behind /v1/stats and /v1/vwap.
+    tally: crate::stats::HubTally,
+    /// Latency per hop (and the region, for the thread's span).
     shared: Arc<GatewayShared>,
-) {
+}
+
+fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, out: HubOutputs) {
+    let HubOutputs { mut fanout, appended, home_last, taps, mut tally, shared } = out;
     use tickmesh_gateway::hops::{sampled, Hop};
     let hops = shared.hops();
     let mut appended_n = 0u64;

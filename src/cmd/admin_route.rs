@@ -5,8 +5,7 @@
 //! route answers agree. It is idempotent: re-run it once a region that was down is back.
 
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::route::Weights;
@@ -77,7 +76,7 @@ fn weights_cmd(list: &str, url: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One HTTP/1.1 request with `Connection: close`; status and body.
+/// One HTTP/1.1 request with `Connection: close` (5 s timeout); status and body.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -85,29 +84,5 @@ pub fn request(
     bearer: Option<&str>,
     json_body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = bearer {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = json_body.unwrap_or("");
-    if json_body.is_some() {
-        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = h
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))?;
-    Ok((status, b.to_owned()))
+    crate::http_get::request(addr, method, path, bearer, json_body, Duration::from_secs(5))
 }
