@@ -170,9 +170,24 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     for region in ["eu-west-1", "ap-southeast-1"] {
         let f = files(&state.join(region));
         assert!(!f.is_empty(), "{region} wrote files");
-        for needle in [&b"ORD.USE1"[..], b"alice@example.com", b"Alice Example"] {
+        for needle in [b"alice@example.com", &b"Alice Example"[..]] {
             let found = holds(&f, needle);
             assert!(found.is_empty(), "{region} holds {:?} in {found:?}", String::from_utf8_lossy(needle));
         }
+        // The orders source may be named in the audit trail (a refused transfer), never
+        // anywhere else: no journal segment or index holds its records.
+        let data: Vec<_> =
+            f.iter().filter(|(p, _)| !p.components().any(|c| c.as_os_str() == "audit")).cloned().collect();
+        let found = holds(&data, b"ORD.USE1");
+        assert!(found.is_empty(), "{region} holds the orders source in {found:?}");
     }
+    // Every refused attempt to move it is in an audit trail, with the decision.
+    let refusals: Vec<String> = ["us-east-1", "eu-west-1", "ap-southeast-1"]
+        .iter()
+        .filter_map(|r| std::fs::read_to_string(state.join(r).join("audit").join("audit.jsonl")).ok())
+        .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.contains("\"ORD.USE1\"") && l.contains("deny"))
+        .collect();
+    assert!(!refusals.is_empty(), "no audit entry records the refused transfer of ORD.USE1");
+    assert!(refusals.iter().all(|l| l.contains("\"pii\"")), "{refusals:?}");
 }
