@@ -18,7 +18,7 @@ step "docs"
 RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --locked
 
 step "tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "deploy/ (render, schemas, yamllint, checkov, node configs)"
 scripts/deploy-check.sh

@@ -890,8 +890,7 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
             json!({
                 "region": e.region, "ws_url": e.ws_url, "http_url": e.http_url, "state": state,
                 "healthy": healthy, "rtt_ms": if me { 0.0 } else { peer.map(|p| p.rtt_ms).unwrap_or(0.0) },
-                "weight": v.route.weight(&e.region), "lag": {},
-                "weight": 100, "lag": lag,
+                "weight": v.route.weight(&e.region), "lag": lag,
             })
         })
         .collect();
