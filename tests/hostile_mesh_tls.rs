@@ -102,7 +102,6 @@ async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
         ("foreign CA", tls::issue(&foreign, "eu-west-1", 30).unwrap()),
         ("expired", expired_leaf(&ca, "eu-west-1")),
         ("names an unknown region", tls::issue(&ca, "mars-1", 30).unwrap()),
-        ("names the node's own region", tls::issue(&ca, "us-east-1", 30).unwrap()),
     ];
     for (what, leaf) in &cases {
         let r = dial(mesh, &ca.cert, leaf).await;
@@ -116,6 +115,13 @@ async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
     // The mesh protocol may still close it (an application close), never TLS.
     let tls_refusal = r.as_ref().is_err_and(|e| e.contains("cryptographic") || e.contains("certificate"));
     assert!(!tls_refusal, "a valid peer certificate was refused: {r:?}");
+    // The node's own region is let in too, by design: that is how a region's gateway-role
+    // nodes pull from its ingest node (ARCHITECTURE.md, Roles); same-region links are not
+    // cross-region transfers.
+    let own = tls::issue(&ca, "us-east-1", 30).unwrap();
+    let r = dial(mesh, &ca.cert, &own).await;
+    let tls_refusal = r.as_ref().is_err_and(|e| e.contains("cryptographic") || e.contains("certificate"));
+    assert!(!tls_refusal, "a same-region (gateway node) certificate was refused: {r:?}");
 
     // Every refusal is in the log.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -105,6 +105,10 @@ proptest! {
         prop_assert!(!segs.is_empty());
         // Records that must survive: all of every segment before the damaged one, and those
         // of the damaged segment whose frame ends before the first changed byte.
+        // A last segment cut exactly at a frame boundary looks like a journal that simply
+        // holds fewer records: nothing on disk says more existed (no head anchor yet, see
+        // the journal's docs), so that one case may open clean.
+        let mut boundary_cut = false;
         let (path, must_keep, sealed) = match which {
             Target::Segment(_) | Target::LastSegment => {
                 let i = if let Target::Segment(i) = which { i % segs.len() } else { segs.len() - 1 };
@@ -119,6 +123,10 @@ proptest! {
                 std::fs::write(&path, &after).unwrap();
                 // Frames of segment i that ended before the damage (segments before i are intact).
                 let keep_here = frame_ends(&before).iter().filter(|(_, end)| *end <= first_diff).count() as u64;
+                boundary_cut = i + 1 == segs.len()
+                    && after.len() < before.len()
+                    && before.starts_with(&after)
+                    && frame_ends(&before).iter().any(|(_, end)| *end == after.len() as u64);
                 let first_seq_here = frame_ends(&before).first().map(|(s, _)| *s).unwrap_or(1);
                 (path, first_seq_here - 1 + keep_here, i + 1 < segs.len())
             }
@@ -175,7 +183,11 @@ proptest! {
             None if read < n => {
                 // Records were cut from the tail: the report says so, and the source continues
                 // with the next seq.
-                prop_assert!(!report.is_clean(), "records {}..={n} vanished without a cut in the report", read + 1);
+                prop_assert!(
+                    !report.is_clean() || boundary_cut,
+                    "records {}..={n} vanished without a cut in the report",
+                    read + 1
+                );
                 prop_assert_eq!(j.last_seq(&sid(SRC)), if read == 0 { None } else { Some(read) });
                 j.append(&rec(SRC, read + 1, 5_000)).unwrap();
                 prop_assert_eq!(j.last_seq(&sid(SRC)), Some(read + 1));
