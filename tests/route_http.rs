@@ -183,10 +183,8 @@ fn a_killed_region_leaves_route_answers_and_affinity_moves_only_for_it() {
     }
 }
 
-/// A drained region leaves route answers. Needs `POST /v1/admin/drain` (PROTOCOL.md), which
-/// the drain work adds; run with `--ignored` once it is merged.
+/// A drained region leaves route answers (`POST /v1/admin/drain`, PROTOCOL.md).
 #[test]
-#[ignore = "needs POST /v1/admin/drain from the drain branch"]
 fn a_drained_region_leaves_route_answers() {
     let demo = Demo::start(&[]);
     let us = url_of(&demo, "us-east-1");
