@@ -106,17 +106,7 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn journal(dir: &Path) -> BTreeMap<String, Vec<(u64, Vec<u8>)>> {
-    let (j, _) = tickmesh_journal::Journal::open(&dir.join("journal"), Default::default()).unwrap();
-    let mut out = BTreeMap::new();
-    for (src, _) in j.positions() {
-        let mut r = j.reader(&src, 1).unwrap();
-        let mut v = Vec::new();
-        while let Some(rec) = r.next().unwrap() {
-            v.push((rec.seq(), rec.bytes().to_vec()));
-        }
-        out.insert(src.as_str().to_owned(), v);
-    }
-    out
+    support::read_journal(dir)
 }
 
 #[test]

@@ -47,17 +47,7 @@ type Records = BTreeMap<String, Vec<(u64, Vec<u8>)>>;
 
 /// Every record of every source in a region's journal.
 fn journal(dir: &Path) -> Records {
-    let (j, _) = tickmesh_journal::Journal::open(&dir.join("journal"), Default::default()).unwrap();
-    let mut out = BTreeMap::new();
-    for (src, _) in j.positions() {
-        let mut r = j.reader(&src, 1).unwrap();
-        let mut v = Vec::new();
-        while let Some(rec) = r.next().unwrap() {
-            v.push((rec.seq(), rec.bytes().to_vec()));
-        }
-        out.insert(src.as_str().to_owned(), v);
-    }
-    out
+    support::read_journal(dir)
 }
 
 /// Every region's journal holds every source as one gap-free run, and where two regions

@@ -209,3 +209,19 @@ pub async fn next_msg(ws: &mut Ws, limit: Duration) -> Option<Msg> {
 pub async fn send_checked(ws: &mut Ws, v: Value) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     ws.send(Message::Text(v.to_string().into())).await
 }
+
+/// Every record of every source in a region's journal (`<state_dir>/journal`), by source id:
+/// what the mesh tests compare across regions after a stop.
+pub fn read_journal(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<(u64, Vec<u8>)>> {
+    let (j, _) = tickmesh_journal::Journal::open(&dir.join("journal"), Default::default()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (src, _) in j.positions() {
+        let mut r = j.reader(&src, 1).unwrap();
+        let mut v = Vec::new();
+        while let Some(rec) = r.next().unwrap() {
+            v.push((rec.seq(), rec.bytes().to_vec()));
+        }
+        out.insert(src.as_str().to_owned(), v);
+    }
+    out
+}
