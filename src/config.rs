@@ -226,17 +226,27 @@ impl NodeConfig {
                 p.push(format!("feeds[{i}].source {} is used twice; give every feed its own source id", f.source()));
             }
         }
-        if let Some(m) = &self.mesh {
-            if self.ready.min_peers_reachable > m.peers.len() {
-                p.push(format!(
-                    "ready.min_peers_reachable = {} but mesh.peers lists {}; lower it or add peers",
-                    self.ready.min_peers_reachable,
-                    m.peers.len()
-                ));
-            }
-        }
         use tickmesh_replicate::Role;
         let upstream = self.mesh.as_ref().and_then(|m| m.upstream.as_ref());
+        // What `/readyz` counts: the peers a node dials (a gateway dials its upstream alone).
+        let dialed = match (&self.mesh, self.role) {
+            (None, _) => 0,
+            (Some(m), Role::Gateway) => usize::from(m.upstream.is_some()),
+            (Some(m), _) => m.peers.len(),
+        };
+        if self.ready.min_peers_reachable > dialed {
+            p.push(if self.role == Role::Gateway {
+                format!(
+                    "ready.min_peers_reachable = {} but a gateway node has one peer, its mesh.upstream; use 1 (not ready while the upstream is cut) or 0",
+                    self.ready.min_peers_reachable
+                )
+            } else {
+                format!(
+                    "ready.min_peers_reachable = {} but mesh.peers lists {dialed}; lower it or add peers",
+                    self.ready.min_peers_reachable
+                )
+            });
+        }
         match self.role {
             Role::Gateway => {
                 if !self.feeds.is_empty() {
@@ -255,6 +265,12 @@ impl NodeConfig {
             Role::All | Role::Ingest => {
                 if upstream.is_some() {
                     p.push("mesh.upstream is only for role = \"gateway\"; list peer regions in mesh.peers".into());
+                }
+                if self.role == Role::Ingest && !self.gateway.cores.is_empty() {
+                    p.push(format!(
+                        "gateway.cores = {:?} but role = \"ingest\" serves no client WebSockets; remove gateway.cores (pin client cores on the gateway nodes)",
+                        self.gateway.cores
+                    ));
                 }
             }
         }
@@ -321,6 +337,28 @@ mod tests {
         ))
         .unwrap();
         assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        // A gateway may require its upstream for readiness, and no more than that.
+        let ready_on_upstream: NodeConfig = toml::from_str(&format!(
+            "role = \"gateway\"\n{base}[ready]\nmin_peers_reachable = 1\n[mesh]\nupstream = \"ingest:4433\"\n[mesh.tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        ))
+        .unwrap();
+        assert!(ready_on_upstream.problems().is_empty(), "{:?}", ready_on_upstream.problems());
+        let mut two = ready_on_upstream.clone();
+        two.ready.min_peers_reachable = 2;
+        let p = two.problems();
+        assert!(p.len() == 1 && p[0].contains("one peer, its mesh.upstream"), "{p:?}");
+        // An ingest node serves no clients: client cores there are a mistake.
+        let ingest: NodeConfig = toml::from_str(&format!(
+            "role = \"ingest\"\n{base}[gateway]\ncores = [0]\n[mesh]\nupstream = \"h:1\"\n[mesh.tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        ))
+        .unwrap();
+        let p = ingest.problems();
+        assert!(p.iter().any(|m| m.contains("role = \"ingest\" serves no client WebSockets")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("mesh.upstream is only for role = \"gateway\"")), "{p:?}");
+        let mut ingest_ok = ingest.clone();
+        ingest_ok.gateway.cores.clear();
+        ingest_ok.mesh.as_mut().unwrap().upstream = None;
+        assert!(ingest_ok.problems().is_empty(), "{:?}", ingest_ok.problems());
         let e = toml::from_str::<NodeConfig>(&format!("role = \"router\"\n{base}")).unwrap_err();
         assert!(e.to_string().contains("router"), "{e}");
     }

@@ -34,8 +34,12 @@ pub struct GatewayConfig {
     /// Address for WebSocket and HTTP. Default `127.0.0.1:8080`. Port 0 picks a free port
     /// (every core then binds the same one with `SO_REUSEPORT`).
     pub listen: SocketAddr,
-    /// Cores to pin one worker each to. Default: all but core 0 (core 0 runs ingest and the
-    /// mesh); on a one-core host, core 0. Empty list means the default.
+    /// Cores to pin one worker each to, as positions in the CPUs this process may run on
+    /// (`sched_getaffinity`, ascending): `0` is the first allowed CPU, whatever its id, so
+    /// the same list works inside any cpuset the static CPU manager hands out (see
+    /// [`crate::pinning`] and docs/gateway.md "Pinned cores"). Default: every allowed CPU
+    /// but the first (which is left to ingest, the hub and the mesh); with one usable CPU,
+    /// that one. Empty list means the default.
     pub cores: Vec<usize>,
     /// Interval of `heartbeat` messages. Default 1000 ms (PROTOCOL.md).
     pub heartbeat_ms: u64,
@@ -88,14 +92,9 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// Collects every problem, each prefixed with its TOML path.
     pub fn validate(&self, problems: &mut Vec<String>) {
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        for c in &self.cores {
-            if *c >= ncpu {
-                problems.push(format!(
-                    "gateway.cores = {:?} but this host has {ncpu} CPUs; list cores below {ncpu} or remove gateway.cores to use the default",
-                    self.cores
-                ));
-                break;
+        if !self.cores.is_empty() {
+            if let Err(e) = crate::pinning::map_cores(&self.cores, &crate::pinning::allowed_cpus()) {
+                problems.push(e);
             }
         }
         if !(50..=60_000).contains(&self.heartbeat_ms) {
@@ -151,17 +150,15 @@ impl GatewayConfig {
         }
     }
 
-    /// The cores to run workers on.
-    pub fn worker_cores(&self) -> Vec<usize> {
+    /// The workers' core indexes: positions in the allowed CPU set, `allowed` CPUs of which
+    /// exist (map them with [`crate::pinning::map_cores`]). A CPU quota below the set's size
+    /// (`available_parallelism`) caps the default.
+    pub fn worker_core_indexes(&self, allowed: usize) -> Vec<usize> {
         if !self.cores.is_empty() {
             return self.cores.clone();
         }
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        if ncpu <= 1 {
-            vec![0]
-        } else {
-            (1..ncpu).collect()
-        }
+        let quota = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        crate::pinning::default_indexes(allowed.min(quota))
     }
 }
 

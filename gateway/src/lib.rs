@@ -6,6 +6,7 @@
 //! * [`hops`]: latency histograms per hop of the data path, for sampled records.
 //! * `core`: one `gw-core-N` thread per core, pinned, with its own current-thread runtime,
 //!   `SO_REUSEPORT` listener and sessions; the per-core dispatcher.
+//! * [`pinning`]: `gateway.cores` are positions in the process's allowed CPU set.
 //! * `session`: one connection: protocol state, outbound queue, vectored writes.
 //! * `subindex`: per-core subscriber index, so a record touches only its subscribers.
 //! * `uring` (feature `io-uring`): socket writes through one io_uring per core.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod fanout;
 pub mod hops;
 mod http;
+pub mod pinning;
 pub mod protocol;
 mod session;
 pub mod shared;
@@ -88,12 +90,20 @@ impl Gateway {
                 ))
             })?;
         }
-        let cores = cfg.worker_cores();
+        // Read before any worker pins itself: the set the process was started with.
+        let allowed = pinning::allowed_cpus();
+        let indexes = cfg.worker_core_indexes(allowed.len());
+        let cores = pinning::map_cores(&indexes, &allowed).map_err(Error::Config)?;
+        let mapping: Vec<String> = indexes.iter().zip(&cores).map(|(i, c)| format!("{i}->cpu{c}")).collect();
+        tracing::info!(
+            allowed = %pinning::cpu_list(&allowed),
+            cores = %mapping.join(","),
+            "gateway workers: core index -> CPU of the allowed set"
+        );
         let listeners = core::bind_listeners(cfg.listen, cores.len())
             .map_err(|source| Error::Listen { addr: cfg.listen, source })?;
         let local_addr = listeners[0].local_addr().map_err(|source| Error::Listen { addr: cfg.listen, source })?;
         let router = http::router(shared.clone(), extra);
-        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let mut txs = Vec::new();
         let mut threads = Vec::new();
         for (n, (core_no, listener)) in cores.iter().copied().zip(listeners).enumerate() {
@@ -102,17 +112,14 @@ impl Gateway {
             let cfg = cfg.clone();
             let shared = shared.clone();
             let router = router.clone();
-            let pin = core_ids.iter().copied().find(|c| c.id == core_no);
+            let pin = core_affinity::CoreId { id: core_no };
             let t = std::thread::Builder::new()
                 .name(format!("gw-core-{n}"))
                 .spawn(move || {
                     // Every log line of this thread carries its region (structured field).
                     let _root = tracing::info_span!("gw-core", region = shared.region(), core = n).entered();
-                    match pin {
-                        Some(c) if core_affinity::set_for_current(c) => {}
-                        _ => {
-                            tracing::warn!(core = core_no, "gw-core-{n} not pinned; check the cpuset or gateway.cores")
-                        }
+                    if !core_affinity::set_for_current(pin) {
+                        tracing::warn!(cpu = core_no, "gw-core-{n} not pinned; check the cpuset or gateway.cores");
                     }
                     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(rt) => rt,
