@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ and the container image, as CI does:
 #   1. installs the pinned tools into .venv-deploy (once; again when the pins change)
-#   2. renders every overlay (deploy/overlays/*) and preview (deploy/preview/*) with
-#      `kubectl kustomize`
+#   2. renders every overlay (deploy/overlays/*) with `kubectl kustomize`
 #   3. validates the rendered resources against the Kubernetes schemas shipped with
 #      kubernetes-validate (offline, strict), custom resources against deploy/schemas,
-#      plus policy (namespace, no Secrets, Guaranteed QoS with whole CPUs) and the
-#      consistency of node.toml with the mesh NetworkPolicy
-#   4. runs `tickmesh node --config F --check-config` on the node.toml of every render
+#      plus policy (namespace, no Secrets, Guaranteed QoS with whole CPUs), the two tiers
+#      (one ingest StatefulSet, one gateway Deployment, probes, who selects whom) and the
+#      consistency of node.toml / gateway.toml with each other and the NetworkPolicies
+#   4. runs `tickmesh node --config F --check-config` on both node configs of every render
 #   5. no key material under deploy/; yamllint --strict (deploy/.yamllint) over deploy/
 #   6. parses deploy/global/*.tf (HCL syntax; Terraform itself is not needed)
 #   7. checkov (deploy/.checkov.yaml) over the renders, deploy/ (Terraform and secrets)
 #      and the Dockerfile
-#   8. builds the Dockerfile when a container engine answers; says SKIP otherwise
+#   8. builds the Dockerfile when a container engine answers (docker, podman, buildah);
+#      says SKIP and why otherwise
 #   9. promtool check rules / test rules on deploy/monitoring (alert rules and their tests)
 # Exits 1 if any step failed (every step runs, so one run shows every problem).
 #
@@ -67,11 +68,10 @@ fi
 mkdir -p "$work/rendered" "$work/configs"
 
 step "render (kubectl kustomize)"
-overlays=(deploy/overlays/*/ deploy/preview/*/)
+overlays=(deploy/overlays/*/)
 for dir in "${overlays[@]}"; do
   dir=${dir%/}
   name=$(basename "$dir")
-  [[ $dir == deploy/preview/* ]] && name=preview-$name
   if kubectl kustomize "$dir" >"$work/rendered/$name.yaml"; then
     printf '%-28s %4d resources\n' "$dir" "$(grep -c '^kind:' "$work/rendered/$name.yaml")"
   else
@@ -96,9 +96,11 @@ step "node configurations (tickmesh node --check-config)"
 configs=0
 while read -r cfg; do
   configs=$((configs + 1))
-  "$BIN" node --config "$cfg" --check-config || fail "tickmesh node --check-config on the node.toml of $(basename "$cfg" .node.toml)"
+  "$BIN" node --config "$cfg" --check-config || fail "tickmesh node --check-config on $(basename "$cfg" .node.toml) (ingest: node.toml, gateway: gateway.toml)"
 done <"$work/configs.txt"
-[[ $configs -gt 0 ]] || fail "no node configuration was extracted from the renders"
+# Two per overlay: the ingest node's and the gateways'.
+[[ $configs -eq $((2 * ${#overlays[@]})) ]] ||
+  fail "$configs node configurations extracted from ${#overlays[@]} renders; expected an ingest and a gateway config in each"
 
 step "no key material in deploy/"
 # checkov's secrets scan reads YAML and Terraform, not node.toml or region.env.
@@ -153,17 +155,32 @@ checkov_run "deploy/ (Terraform, secrets)" -d deploy --framework terraform secre
 checkov_run "Dockerfile" -f Dockerfile --framework dockerfile
 
 step "container image"
+# An engine counts when its daemon (or, for buildah, its storage) answers; one that is
+# installed but does not answer is named in the SKIP line.
 engine=""
-for e in docker podman; do
-  if command -v "$e" >/dev/null 2>&1 && "$e" info >/dev/null 2>&1; then
+silent=()
+for e in docker podman buildah; do
+  command -v "$e" >/dev/null 2>&1 || continue
+  if "$e" info >/dev/null 2>&1; then
     engine=$e
     break
   fi
+  silent+=("$e")
 done
 if [[ ${DEPLOY_CHECK_IMAGE:-1} == 0 ]]; then
   echo "SKIP: DEPLOY_CHECK_IMAGE=0"
 elif [[ -z $engine ]]; then
-  echo "SKIP: no container engine answers (docker info / podman info failed); the Dockerfile was not built"
+  if [[ ${#silent[@]} -gt 0 ]]; then
+    echo "SKIP: ${silent[*]} installed but '${silent[0]} info' fails (daemon not running?); the Dockerfile was not built"
+  else
+    echo "SKIP: no container engine (docker, podman, buildah) is installed; the Dockerfile was not built"
+  fi
+elif [[ $engine == buildah ]]; then
+  if buildah bud -t tickmesh:deploy-check .; then
+    echo "ok: built with buildah (it cannot run the image; docker or podman would also run --version)"
+  else
+    fail "buildah bud"
+  fi
 elif "$engine" build -t tickmesh:deploy-check .; then
   "$engine" run --rm tickmesh:deploy-check --version || fail "the built image does not run"
 else
