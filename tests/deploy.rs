@@ -1,8 +1,10 @@
 //! deploy/ stays true to the binary, without kubectl or network:
 //! * every `tickmesh ...` command in the `sh`/`bash` blocks of deploy/README.md names real
 //!   subcommands and flags (checked against `tickmesh <subcommand...> --help`);
-//! * every node configuration under deploy/ passes `tickmesh node --check-config`, and
-//!   each overlay's node.toml names the overlay's region.
+//! * every node configuration under deploy/ passes `tickmesh node --check-config`, each
+//!   overlay has node.toml (role ingest) and gateway.toml (role gateway), both naming the
+//!   overlay's region and both turned into ConfigMaps by its kustomization;
+//! * the runbook covers `tickmesh admin drain`, `undrain` and `weights`.
 //!
 //! scripts/deploy-check.sh checks the rendered manifests themselves.
 
@@ -241,16 +243,23 @@ fn runbook_commands_use_real_subcommands_and_flags() {
     for (line_no, line) in shell_lines(&md) {
         for args in invocations(&line) {
             match cli.check(&args) {
-                Ok(()) => checked.push(args.first().cloned().unwrap_or_default()),
+                Ok(()) => checked.push(args.clone()),
                 Err(e) => problems.push(format!("deploy/README.md:{line_no}: {e}\n    {}", line.trim())),
             }
         }
     }
     assert!(problems.is_empty(), "runbook commands that the binary does not accept:\n{}", problems.join("\n"));
-    for sub in ["node", "certs", "token"] {
+    for sub in ["node", "certs", "token", "admin", "backup", "recover", "audit"] {
         assert!(
-            checked.iter().any(|c| c == sub),
+            checked.iter().any(|c| c.first().is_some_and(|f| f == sub)),
             "the runbook has no `tickmesh {sub}` command left to check: {checked:?}"
+        );
+    }
+    // Draining a region: every admin subcommand the runbook explains is there and checked.
+    for sub in ["drain", "undrain", "weights"] {
+        assert!(
+            checked.iter().any(|c| c.len() > 1 && c[0] == "admin" && c[1] == sub),
+            "the runbook has no `tickmesh admin {sub}` command left to check: {checked:?}"
         );
     }
 }
@@ -298,8 +307,10 @@ fn every_node_config_in_deploy_passes_check_config() {
     node_configs(&deploy_dir(), &mut files);
     files.sort();
     for region in REGIONS {
-        let f = deploy_dir().join("overlays").join(region).join("node.toml");
-        assert!(files.contains(&f), "deploy/overlays/{region}/node.toml is missing");
+        for name in ["node.toml", "gateway.toml"] {
+            let f = deploy_dir().join("overlays").join(region).join(name);
+            assert!(files.contains(&f), "deploy/overlays/{region}/{name} is missing");
+        }
     }
     let mut problems = Vec::new();
     for f in &files {
@@ -318,14 +329,67 @@ fn every_node_config_in_deploy_passes_check_config() {
             if region != want {
                 problems.push(format!("{}: region = {region:?} in the overlay of {want}", f.display()));
             }
+            // node.toml is the ingest node's, gateway.toml the gateways'.
+            let file = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let want_role = match file {
+                "node.toml" => "ingest",
+                "gateway.toml" => "gateway",
+                other => {
+                    problems.push(format!(
+                        "{}: unexpected {other}; an overlay holds node.toml and gateway.toml",
+                        f.display()
+                    ));
+                    continue;
+                }
+            };
+            let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("all");
+            if role != want_role {
+                problems.push(format!("{}: role = {role:?}; {file} is for role {want_role:?}", f.display()));
+            }
             let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap_or_default();
-            if !kustomization.contains("node.toml") {
-                problems.push(format!(
-                    "{}: kustomization.yaml does not generate the ConfigMap from node.toml",
-                    dir.display()
-                ));
+            if !kustomization.contains(file) {
+                problems
+                    .push(format!("{}: kustomization.yaml does not generate a ConfigMap from {file}", dir.display()));
             }
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The `/v1/...` admin paths a text names (`/v1/admin/drain`, ...), in order of appearance.
+fn admin_paths(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("/v1/admin/") {
+        let rest = &text[i..];
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '/' || c == '_')).unwrap_or(rest.len());
+        let path = rest[..end].trim_end_matches('/').to_owned();
+        // `/v1/admin/*` names the group, not a route.
+        if path.len() > "/v1/admin".len() && !out.contains(&path) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn runbook_admin_http_paths_are_routes_of_the_binary() {
+    let md = std::fs::read_to_string(deploy_dir().join("README.md")).expect("deploy/README.md");
+    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut routes = String::new();
+    for entry in std::fs::read_dir(&src_dir).expect("read src/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            routes.push_str(&std::fs::read_to_string(&path).expect("read a source file"));
+        }
+    }
+    let used = admin_paths(&md);
+    for want in ["/v1/admin/drain", "/v1/admin/undrain", "/v1/admin/weights"] {
+        assert!(used.iter().any(|p| p == want), "the runbook does not show the HTTP API {want}: {used:?}");
+    }
+    let unknown: Vec<&String> = used.iter().filter(|p| !routes.contains(&format!(".route(\"{p}\""))).collect();
+    assert!(unknown.is_empty(), "deploy/README.md names admin paths the binary does not route: {unknown:?}");
+    assert_eq!(
+        admin_paths("x /v1/admin/drain, y `/v1/admin/weights` /v1/admin/drain /v1/admin/*"),
+        ["/v1/admin/drain", "/v1/admin/weights"]
+    );
 }

@@ -46,9 +46,7 @@ pub fn map_cores(indexes: &[usize], allowed: &[usize]) -> Result<Vec<usize>, Str
     let mut seen = std::collections::BTreeSet::new();
     for &i in indexes {
         if !seen.insert(i) {
-            return Err(format!(
-                "gateway.cores = {indexes:?} lists index {i} twice; give each worker its own core"
-            ));
+            return Err(format!("gateway.cores = {indexes:?} lists index {i} twice; give each worker its own core"));
         }
     }
     if let Some(&bad) = indexes.iter().find(|&&i| i >= allowed.len()) {
