@@ -121,6 +121,9 @@ impl Node {
             shared.note_position(src, seq);
         }
         shared.set_journal(journal.clone());
+        let t0 = std::time::Instant::now();
+        let books = shared.warm_books().context("reading the books back from the journal")?;
+        tracing::info!(books, ms = t0.elapsed().as_millis() as u64, "books read back from the journal");
 
         let policy = Arc::new(tickmesh_replicate::ResidencyPolicy::new(&cfg.residency));
         let audit_dir = cfg.state_dir.join("audit");

@@ -209,3 +209,143 @@ async fn a_stalled_client_is_cut_off_or_conflated_and_never_delays_others() {
     assert!(conflated > 0, "the stalled client received conflated quotes");
     assert!(gaps > 0, "dropped trades were named by gap");
 }
+
+/// `trade` and `book` messages of `src` (data messages, not snapshots) read for `window`, and
+/// the `book_snapshot`s seen.
+async fn book_messages(ws: &mut support::Ws, src: &str, window: Duration) -> (Vec<Value>, Vec<Value>) {
+    let (mut data, mut snaps) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < deadline {
+        let Some(v) = next_json(ws, deadline - tokio::time::Instant::now()).await else { break };
+        if v["src"] != src {
+            continue;
+        }
+        match v["type"].as_str() {
+            Some("trade") | Some("book") => data.push(v),
+            Some("book_snapshot") => snaps.push(v),
+            _ => {}
+        }
+    }
+    (data, snaps)
+}
+
+/// Reads `ws` until a data message of `src` passes `seq`.
+async fn book_messages_until(ws: &mut support::Ws, src: &str, seq: u64, out: &mut Vec<Value>) {
+    while out.last().is_none_or(|v| v["seq"].as_u64().unwrap() < seq) {
+        let (more, _) = book_messages(ws, src, Duration::from_millis(500)).await;
+        assert!(!more.is_empty(), "no more data while waiting for seq {seq}");
+        out.extend(more);
+    }
+}
+
+/// The view a client builds from a snapshot and the deltas after it, up to `upto`.
+fn view(snap: &Value, data: &[Value], upto: u64) -> Book {
+    let mut b = from_snapshot(snap);
+    let from = snap["seq"].as_u64().unwrap();
+    for v in data.iter().filter(|v| v["type"] == "book") {
+        let q = v["seq"].as_u64().unwrap();
+        if q > from && q <= upto {
+            apply(&mut b, v);
+        }
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_book_deltas_exactly_as_a_client_that_never_left_got_them() {
+    let demo = Demo::start(&["--regions", "us-east-1", "--rate", "1500"]);
+    let url = &demo.regions[0].ws_url;
+    let src = "SYN.USE1";
+    let sub = json!({"op":"subscribe","id":1,"channels":["trades","book"],"symbols":["AAPL"],"depth":3});
+    let (mut reference, _) = connect(url, &demo.user_token, "").await;
+    request(&mut reference, sub.clone()).await;
+    let (mut a, _) = connect(url, &demo.user_token, "").await;
+    request(&mut a, sub.clone()).await;
+    let (before, snaps) = book_messages(&mut a, src, Duration::from_millis(800)).await;
+    let first_snap = snaps.first().expect("a book_snapshot after subscribe").clone();
+    let last = before.last().expect("data before the disconnect")["seq"].as_u64().unwrap();
+    let held = view(&first_snap, &before, last);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the book moves while A is away
+    let (mut a, _) = connect(url, &demo.user_token, "").await;
+    let mut resume = sub.clone();
+    resume["resume"] = json!({ src: last });
+    let r = request(&mut a, resume).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let (after, snaps) = book_messages(&mut a, src, Duration::from_millis(1500)).await;
+    // The book as of the client's position first: the one it already holds.
+    assert_eq!(snaps.len(), 1, "one snapshot, at the resume point: {snaps:?}");
+    assert_eq!(snaps[0]["seq"].as_u64(), Some(last), "{}", snaps[0]);
+    assert_eq!(from_snapshot(&snaps[0]), held, "the resume snapshot is the book the client held");
+    let max_a = after.last().expect("data after the resume")["seq"].as_u64().unwrap();
+    let mut all_ref = Vec::new();
+    book_messages_until(&mut reference, src, max_a, &mut all_ref).await;
+    // Every trade and every depth-3 delta after `last`, exactly as the reference got them.
+    let expected: Vec<&Value> =
+        all_ref.iter().filter(|v| (last + 1..=max_a).contains(&v["seq"].as_u64().unwrap())).collect();
+    let got: Vec<&Value> = after.iter().collect();
+    assert_eq!(got.len(), expected.len(), "replayed + live messages vs the reference");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e, "message differs from the reference");
+    }
+    let deltas = got.iter().filter(|v| v["type"] == "book").count();
+    assert!(deltas > 20, "too few book deltas replayed to compare: {deltas}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_region_serves_whole_books_and_rebuilds_old_positions_from_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Demo::start_in(tmp.path(), &["--regions", "us-east-1", "--rate", "1500"], None);
+    let url = demo.regions[0].ws_url.clone();
+    let src = "SYN.USE1";
+    let sub = json!({"op":"subscribe","id":1,"channels":["book"],"symbols":["AAPL"],"depth":1000});
+    let (mut a, _) = connect(&url, &demo.user_token, "").await;
+    request(&mut a, sub.clone()).await;
+    let (before, snaps) = book_messages(&mut a, src, Duration::from_millis(1000)).await;
+    let last = before.last().expect("book deltas before the kill")["seq"].as_u64().unwrap();
+    let held = view(&snaps[0], &before, last);
+    demo.kill_region("us-east-1");
+    drop(a);
+    let dir = tmp.path().join("us-east-1");
+    let log = std::fs::File::create(dir.join("restart.log")).unwrap();
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .arg("node")
+        .arg("--config")
+        .arg(dir.join("node.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restart the region");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut a = loop {
+        match tokio_tungstenite::connect_async(format!("{url}?token={}", demo.user_token)).await {
+            Ok((mut ws, _)) => {
+                next_json(&mut ws, Duration::from_secs(5)).await.expect("hello");
+                break ws;
+            }
+            Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("the restarted region does not accept connections: {e}"),
+        }
+    };
+    // Resuming from before the restart: the books are rebuilt from the journal (the new
+    // process has no change log that far back), and the client's own book comes back.
+    let mut resume = sub.clone();
+    resume["resume"] = json!({ src: last });
+    assert_eq!(request(&mut a, resume).await["type"], "subscribed");
+    let (after, snaps) = book_messages(&mut a, src, Duration::from_millis(1500)).await;
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["seq"].as_u64(), Some(last));
+    assert_eq!(from_snapshot(&snaps[0]), held, "the book rebuilt from the journal is the one the client held");
+    // A new client's snapshot (the live core's books, read back from the journal at start)
+    // equals the view the resumed client built delta by delta.
+    let (mut b, _) = connect(&url, &demo.user_token, "").await;
+    request(&mut b, sub.clone()).await;
+    let (_, fresh) = book_messages(&mut b, src, Duration::from_millis(300)).await;
+    let s2 = fresh[0]["seq"].as_u64().unwrap();
+    let mut data = after;
+    book_messages_until(&mut a, src, s2, &mut data).await;
+    assert_eq!(view(&snaps[0], &data, s2), from_snapshot(&fresh[0]), "the books at seq {s2}");
+    let _ = node.kill();
+    let _ = node.wait();
+}

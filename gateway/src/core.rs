@@ -320,11 +320,12 @@ pub(crate) async fn run_core(
     mut rx: UnboundedReceiver<CoreMsg>,
     router: axum::Router,
 ) {
+    let (warm, at) = shared.warm();
     let core = Rc::new(Core {
         index,
         cfg: cfg.clone(),
         positions: RefCell::new(shared.positions()),
-        books: RefCell::new(crate::books::CoreBooks::default()),
+        books: RefCell::new(crate::books::CoreBooks::for_core(warm, &at)),
         shared,
         sessions: RefCell::new(BTreeMap::new()),
         subindex: RefCell::new(SubIndex::default()),

@@ -80,15 +80,7 @@ impl Encoded {
             sym: tickmesh_codec::Symbol::from_bytes(h.sym.padded()).unwrap_or_else(|_| unknown_symbol()),
             ts_event: rec.ts_event(),
             ts_ingest: rec.ts_ingest(),
-            level: match rec.body() {
-                tickmesh_codec::BodyRef::Level(l) => Some(tickmesh_codec::Level {
-                    side: l.side.get(),
-                    px: l.px.get(),
-                    qty: l.qty.get(),
-                    count: l.count.to_native(),
-                }),
-                _ => None,
-            },
+            level: level_of(rec),
             published_ns: if crate::hops::sampled(rec.seq()) { tickmesh_codec::now_ns() } else { 0 },
             venue_gap: matches!(rec.body(), tickmesh_codec::BodyRef::Status(st) if st.reason.starts_with(b"GAP\0")),
             owner: record_owner(rec),
@@ -165,6 +157,19 @@ impl Fanout {
             // A core that has stopped is shutting down; nothing to deliver to.
             let _ = c.send(CoreMsg::Record(enc.clone()));
         }
+    }
+}
+
+/// The level a `Level` record sets (None for other kinds).
+pub(crate) fn level_of(rec: &RecordRef<'_>) -> Option<tickmesh_codec::Level> {
+    match rec.body() {
+        tickmesh_codec::BodyRef::Level(l) => Some(tickmesh_codec::Level {
+            side: l.side.get(),
+            px: l.px.get(),
+            qty: l.qty.get(),
+            count: l.count.to_native(),
+        }),
+        _ => None,
     }
 }
 

@@ -76,6 +76,9 @@ pub(crate) struct SessionState {
     /// Sources being replayed from the journal: live records of them are skipped (the
     /// replay reads them from the journal, which holds every record a core dispatched).
     replaying: BTreeSet<SourceId>,
+    /// Per source being replayed to a JSON client: its books as of the replayed position,
+    /// so replayed `book` deltas are exactly those a client that never left received.
+    replay_books: BTreeMap<SourceId, crate::books::CoreBooks>,
     /// When the write in progress started (None when the writer is idle).
     pub(crate) write_started: Option<Instant>,
     /// A write that has not finished after this long makes the client slow.
@@ -141,6 +144,7 @@ impl SessionHandle {
                 write_started: None,
                 slow_after: Duration::from_millis(cfg.slow_ms),
                 replaying: BTreeSet::new(),
+                replay_books: BTreeMap::new(),
                 conflating: false,
                 pending: BTreeMap::new(),
                 pending_books: BTreeSet::new(),
@@ -337,10 +341,22 @@ impl SessionState {
         }
         *floor = rec.seq();
         let Some(channel) = rec.kind().channel() else { return };
-        // JSON clients get book state as a snapshot when the replay ends (depth-limited
-        // deltas cannot be rebuilt for the past); binary clients get every level record.
-        let json = self.params.encoding == Encoding::Json;
-        if (json && rec.kind() == RecordKind::Level) || !self.subs.matches(channel, rec.sym()) {
+        if !self.subs.matches(channel, rec.sym()) {
+            return;
+        }
+        // JSON clients get depth-limited deltas computed against the books rebuilt as of
+        // their position (without them, a snapshot when the replay ends); binary clients get
+        // every level record.
+        if self.params.encoding == Encoding::Json && rec.kind() == RecordKind::Level {
+            let Some(books) = self.replay_books.get_mut(&src) else { return };
+            let enc = Encoded::new(rec, scratch);
+            let Some(level) = enc.level else { return };
+            let delta = books.apply(&enc, &level, &[self.book_depth]).pop().and_then(|(_, f)| f);
+            if let Some(f) = delta {
+                let item = if self.params.batch { Out::Line(frame_payload(&f)) } else { Out::Frame(f) };
+                self.out_bytes += item.len();
+                self.out.push_back(item);
+            }
             return;
         }
         if crate::fanout::record_owner(rec).is_some_and(|o| !crate::fanout::owner_is(&o, &self.params.claims.sub)) {
@@ -856,7 +872,9 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
     let Some(journal) = core.shared.journal().cloned() else { return };
     let finish = |st: &mut SessionState| {
         st.replaying.remove(&src);
-        if st.params.encoding == Encoding::Json {
+        // With rebuilt books the client's book followed the replay delta by delta and is
+        // now the core's; without them it gets the book as it is now.
+        if st.replay_books.remove(&src).is_none() && st.params.encoding == Encoding::Json {
             // Book state as of the end of the replay, before any live delta.
             let pos = core.positions.borrow().get(&src).copied().unwrap_or(0);
             let books = core.books.borrow();
@@ -869,11 +887,13 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
             }
         }
     };
+    let mut retention_gap = false;
     if let Some(first) = journal.first_seq(&src) {
         if first > from {
             let mut st = handle.state.borrow_mut();
             st.push_control(&protocol::gap(src.as_str(), from, first - 1, "journal_retention"));
             st.floors.insert(src, first - 1);
+            retention_gap = true;
         }
     }
     let start = handle.state.borrow().floors.get(&src).copied().unwrap_or(0) + 1;
@@ -889,6 +909,9 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
             return;
         }
     };
+    if !retention_gap && !rebuild_books(&core, &handle, &journal, src, start - 1).await {
+        return;
+    }
     let mut scratch = Vec::with_capacity(512);
     loop {
         loop {
@@ -933,6 +956,80 @@ pub(crate) async fn replay(core: Rc<Core>, handle: Rc<SessionHandle>, src: Sourc
         handle.wake.notify_one();
         tokio::task::yield_now().await;
     }
+}
+
+/// For a JSON session subscribed to `book`: rebuilds `src`'s books as of `base` (the
+/// client's position) into the session and sends each as a `book_snapshot` at `base`, so the
+/// replayed deltas that follow apply to exactly the book the client holds. Uses the core's
+/// change log, or reads the journal up to `base` when the log no longer reaches back that far
+/// (in chunks, yielding between them). False if the session closed meanwhile.
+async fn rebuild_books(
+    core: &Rc<Core>,
+    handle: &Rc<SessionHandle>,
+    journal: &tickmesh_journal::Journal,
+    src: SourceId,
+    base: u64,
+) -> bool {
+    let logged: Option<crate::books::BookMap> = {
+        let st = handle.state.borrow();
+        if st.params.encoding != Encoding::Json {
+            return true;
+        }
+        let books = core.books.borrow();
+        books
+            .keys(|sym| st.subs.matches("book", sym))
+            .into_iter()
+            .filter(|(s, _)| *s == src)
+            .map(|key| books.at(src, key.1, base).map(|b| (key, b)))
+            .collect()
+    };
+    let map = match logged {
+        Some(map) => map,
+        None => {
+            let mut map = crate::books::BookMap::new();
+            let first = journal.first_seq(&src).unwrap_or(1);
+            let mut reader = match journal.reader(&src, first) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(source = %src, error = %e, "resume: cannot read the journal to rebuild books");
+                    return true;
+                }
+            };
+            loop {
+                let step = {
+                    let st = handle.state.borrow();
+                    if st.closing {
+                        return false;
+                    }
+                    crate::books::apply_journal(&mut reader, base, 4096, &mut map, |sym| st.subs.matches("book", sym))
+                };
+                match step {
+                    Ok((_, true)) => break,
+                    Ok((_, false)) => tokio::task::yield_now().await,
+                    Err(e) => {
+                        // The replay then ends with a snapshot of the current book.
+                        tracing::warn!(source = %src, error = %e, "resume: cannot read the journal to rebuild books");
+                        return true;
+                    }
+                }
+            }
+            map
+        }
+    };
+    let mut st = handle.state.borrow_mut();
+    if st.closing {
+        return false;
+    }
+    let mut keys: Vec<_> = map.keys().copied().collect();
+    keys.sort();
+    for (s, sym) in keys {
+        if let Some(b) = map.get(&(s, sym)) {
+            let j = crate::books::CoreBooks::snapshot_of(b, s, sym, base, st.book_depth, false);
+            st.push_control(&j);
+        }
+    }
+    st.replay_books.insert(src, crate::books::CoreBooks::from_map(map));
+    true
 }
 
 #[cfg(test)]

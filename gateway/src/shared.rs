@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tickmesh_codec::SourceId;
 
 use crate::auth::Verifier;
@@ -35,7 +35,12 @@ pub struct GatewayShared {
     drain_generation: std::sync::atomic::AtomicU64,
     journal: std::sync::OnceLock<std::sync::Arc<tickmesh_journal::Journal>>,
     hops: crate::hops::Hops,
+    /// Books read from the journal at start-up and the positions they are at: each core
+    /// starts from a copy.
+    warm: Mutex<Option<WarmBooks>>,
 }
+
+type WarmBooks = (Arc<crate::books::BookMap>, BTreeMap<SourceId, u64>);
 
 impl std::fmt::Debug for GatewayShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,6 +63,7 @@ impl GatewayShared {
             drain_generation: std::sync::atomic::AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
             hops: crate::hops::Hops::new(),
+            warm: Mutex::new(None),
         }
     }
 
@@ -126,6 +132,25 @@ impl GatewayShared {
     /// Gives the gateway the region's journal (for `resume`).
     pub fn set_journal(&self, journal: std::sync::Arc<tickmesh_journal::Journal>) {
         let _ = self.journal.set(journal);
+    }
+
+    /// Reads every book from the journal set by [`Self::set_journal`], so the cores start
+    /// with whole books; call before [`crate::Gateway::start`]. Returns the number of books.
+    pub fn warm_books(&self) -> Result<usize, tickmesh_journal::Error> {
+        let Some(journal) = self.journal() else { return Ok(0) };
+        let positions: BTreeMap<SourceId, u64> = journal.positions().into_iter().collect();
+        let books = crate::books::warm_from_journal(journal)?;
+        let n = books.len();
+        *self.warm.lock().unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(books), positions));
+        Ok(n)
+    }
+
+    /// The books a core starts from, and the positions they are at.
+    pub(crate) fn warm(&self) -> (crate::books::BookMap, BTreeMap<SourceId, u64>) {
+        match &*self.warm.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((books, positions)) => ((**books).clone(), positions.clone()),
+            None => (crate::books::BookMap::new(), self.positions()),
+        }
     }
 
     /// The region's journal, if set.
