@@ -148,11 +148,16 @@ pub struct ReadyConfig {
     /// Fewer peers than this delivering to us makes the region not ready. Default 0: a
     /// region that lost its peers still serves its own and the journal's data.
     pub min_peers_reachable: usize,
+    /// A replicated source behind its upstream (records waiting there) whose newest record
+    /// here is older than this makes the node not ready: a gateway node copying its ingest
+    /// node's journal, or a region catching up after a partition, takes no new clients until
+    /// it is current. Default 30,000 ms; 0 turns the check off.
+    pub max_replication_lag_ms: u64,
 }
 
 impl Default for ReadyConfig {
     fn default() -> Self {
-        ReadyConfig { max_feed_staleness_ms: 5_000, min_peers_reachable: 0 }
+        ReadyConfig { max_feed_staleness_ms: 5_000, min_peers_reachable: 0, max_replication_lag_ms: 30_000 }
     }
 }
 

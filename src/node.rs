@@ -257,7 +257,8 @@ impl Node {
         let ready_view = view.clone();
         stats.set_ready(Box::new(move || {
             let peers = ready_view.mesh.get().map(|m| m.peers()).unwrap_or_default();
-            not_ready_reasons(&ready_view, tickmesh_codec::now_ns(), &peers)
+            let sources = ready_view.mesh.get().map(|m| m.sources()).unwrap_or_default();
+            not_ready_reasons(&ready_view, tickmesh_codec::now_ns(), &peers, &sources)
         }));
         stats.start_sampler().context("starting the stats thread")?;
         let hub = {
@@ -276,6 +277,16 @@ impl Node {
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut ingest = Vec::new();
+        if cfg.journal.retain_bytes != 0 || cfg.journal.retain_age_secs != 0 {
+            let (journal, stop) = (journal.clone(), stop.clone());
+            let every = Duration::from_secs(cfg.journal.retention_every_secs);
+            ingest.push(
+                std::thread::Builder::new()
+                    .name("journal-retention".into())
+                    .spawn(move || run_retention(&journal, every, &stop))
+                    .context("starting the journal retention thread")?,
+            );
+        }
         for f in &cfg.feeds {
             match f {
                 FeedConfig::Synthetic(s) => {
@@ -800,7 +811,12 @@ async fn latency(State(v): State<Arc<NodeView>>) -> Response {
 }
 
 /// Why this region should not take traffic now (empty: ready).
-fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::PeerState]) -> Vec<String> {
+fn not_ready_reasons(
+    v: &NodeView,
+    now_ns: u64,
+    peers: &[tickmesh_replicate::PeerState],
+    sources: &[tickmesh_replicate::SourceView],
+) -> Vec<String> {
     let mut reasons = Vec::new();
     if v.shared.is_draining() {
         reasons.push(format!("region {} is draining", v.cfg.region));
@@ -826,6 +842,22 @@ fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::Pee
             v.cfg.ready.min_peers_reachable
         ));
     }
+    // Behind on a replicated source: records exist upstream that this node has not got, and
+    // the newest it has got is older than the limit. A source that is merely quiet is not
+    // behind (no record waits upstream), so neither a quiet venue nor a lost peer trips it.
+    let limit = v.cfg.ready.max_replication_lag_ms;
+    if limit > 0 {
+        for s in sources.iter().filter(|s| s.lag_records > 0) {
+            let behind = s.lag_ms.is_none_or(|ms| ms > limit as f64);
+            if behind {
+                let age = s.lag_ms.map_or("none received yet".to_owned(), |ms| format!("newest {ms:.0} ms old"));
+                reasons.push(format!(
+                    "source {} is {} records behind its upstream ({age}; ready.max_replication_lag_ms = {limit})",
+                    s.src, s.lag_records
+                ));
+            }
+        }
+    }
     if let Err(e) = journal_probe(&v.cfg.state_dir) {
         reasons.push(format!("journal directory is not writable ({e}); check the disk and its free space"));
     }
@@ -844,7 +876,8 @@ pub(crate) fn journal_probe(state_dir: &std::path::Path) -> std::io::Result<()> 
 
 async fn readyz(State(v): State<Arc<NodeView>>) -> Response {
     let peers = v.mesh.get().map(|m| m.peers()).unwrap_or_default();
-    let reasons = not_ready_reasons(&v, tickmesh_codec::now_ns(), &peers);
+    let sources = v.mesh.get().map(|m| m.sources()).unwrap_or_default();
+    let reasons = not_ready_reasons(&v, tickmesh_codec::now_ns(), &peers, &sources);
     let peer_map: serde_json::Map<String, serde_json::Value> = peers
         .iter()
         .map(|p| (p.region.clone(), json!({"receiving": p.receiving, "sending": p.sending, "rtt_ms": p.rtt_ms})))
@@ -900,6 +933,35 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
     Json(out).into_response()
 }
 
+/// Applies the journal's retention every `every` until `stop`: without it `retain_bytes` and
+/// `retain_age_secs` would never delete anything and the journal would fill the disk.
+fn run_retention(journal: &Journal, every: Duration, stop: &AtomicBool) {
+    let mut next = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if std::time::Instant::now() >= next {
+            next += every;
+            match journal.apply_retention(tickmesh_codec::now_ns()) {
+                Ok(report) if !report.sources.is_empty() => {
+                    let freed = report.bytes_freed();
+                    metrics::counter!("tickmesh_journal_retention_freed_bytes_total").increment(freed);
+                    for s in &report.sources {
+                        tracing::info!(
+                            source = %s.source_id,
+                            segments = s.segments_deleted,
+                            bytes = s.bytes_freed,
+                            first_seq = s.first_seq,
+                            "journal retention deleted old segments"
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "journal retention failed; retrying at the next round"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -940,16 +1002,32 @@ mod tests {
             ..Default::default()
         };
         v.home_last.lock().unwrap().insert(src, 2_000_000_000);
-        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)]).is_empty());
-        let r = not_ready_reasons(&v, 3_500_000_000, &[peer(false)]);
+        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[]).is_empty());
+        let r = not_ready_reasons(&v, 3_500_000_000, &[peer(false)], &[]);
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].starts_with("feed SYN.USE1 has had no record for 1500 ms"), "{r:?}");
         assert!(r[1].starts_with("0 peer(s) reachable"), "{r:?}");
         v.shared.set_draining(true);
-        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)])[0].contains("draining"));
+        assert!(not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[])[0].contains("draining"));
         v.shared.set_draining(false);
         std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
-        let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)]);
+        let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[]);
         assert!(r[0].starts_with("journal directory is not writable"), "{r:?}");
+        std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+        // Replication: behind and old is not ready; quiet (nothing upstream) or fresh is.
+        let src = |lag_records, lag_ms| tickmesh_replicate::SourceView {
+            src: "SYN.EUW1".into(),
+            origin: "eu-west-1".into(),
+            upstream: Some("eu-west-1".into()),
+            seq: 10,
+            lag_records,
+            lag_ms,
+        };
+        let ok = |s| not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[s]).is_empty();
+        assert!(ok(src(0, Some(60_000.0))), "a quiet source is not behind");
+        assert!(ok(src(5, Some(200.0))), "a few records in flight are not behind");
+        assert!(!ok(src(5, Some(40_000.0))));
+        let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[src(500, None)]);
+        assert!(r[0].starts_with("source SYN.EUW1 is 500 records behind its upstream (none received yet"), "{r:?}");
     }
 }

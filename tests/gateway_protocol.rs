@@ -304,7 +304,7 @@ async fn a_restarted_region_serves_whole_books_and_rebuilds_old_positions_from_t
     let (before, snaps) = book_messages(&mut a, src, Duration::from_millis(1000)).await;
     let last = before.last().expect("book deltas before the kill")["seq"].as_u64().unwrap();
     let held = view(&snaps[0], &before, last);
-    demo.kill_region("us-east-1");
+    demo.kill_region_and_wait("us-east-1");
     drop(a);
     let dir = tmp.path().join("us-east-1");
     let log = std::fs::File::create(dir.join("restart.log")).unwrap();

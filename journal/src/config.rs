@@ -53,6 +53,9 @@ pub struct JournalConfig {
     /// Per source, retention deletes sealed segments whose newest record (by `ts_ingest`)
     /// is older than this many seconds. Default: 0 (keep forever).
     pub retain_age_secs: u64,
+    /// How often a node applies `retain_bytes` / `retain_age_secs` (seconds). Default: 60.
+    /// Must be 1..=86400. Unused while both are 0.
+    pub retention_every_secs: u64,
     /// A sparse index entry (seq, running max of ts_ingest, byte offset) is kept every this
     /// many records, and at each segment start; a lookup by seq or time reads at most this
     /// many records past the entry it finds. Default: 4_096 (about 2.5 KiB of index per
@@ -69,6 +72,7 @@ impl Default for JournalConfig {
             group_commit_records: 4_096,
             retain_bytes: 0,
             retain_age_secs: 0,
+            retention_every_secs: 60,
             index_every: 4_096,
         }
     }
@@ -117,6 +121,12 @@ impl JournalConfig {
                 self.retain_age_secs
             ));
         }
+        if !(1..=86_400).contains(&self.retention_every_secs) {
+            problems.push(format!(
+                "journal.retention_every_secs = {} is outside 1..=86400; use 60 (the default)",
+                self.retention_every_secs
+            ));
+        }
         if !(1..=1_048_576).contains(&self.index_every) {
             problems.push(format!(
                 "journal.index_every = {} is outside 1..=1048576; use 4096 (the default) unless a \
@@ -163,11 +173,12 @@ mod tests {
             group_commit_records: 0,
             retain_bytes: 50,
             retain_age_secs: 0,
+            retention_every_secs: 0,
             index_every: 0,
         };
         let mut problems = Vec::new();
         cfg.validate(&mut problems);
-        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
         for p in &problems {
             assert!(p.starts_with("journal."), "{p}");
             assert!(p.contains("; "), "should say what to do: {p}");

@@ -103,6 +103,24 @@ impl Demo {
         // SAFETY: a plain syscall on a pid the demo reported.
         unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
     }
+
+    /// SIGKILLs one region's process and waits until it is gone (its journal lock released),
+    /// so the test can start the region again on the same state directory.
+    #[allow(dead_code)]
+    pub fn kill_region_and_wait(&self, region: &str) {
+        self.kill_region(region);
+        let pid = self.regions.iter().find(|r| r.region == region).expect("region").pid;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            // Gone, or a zombie the demo has not reaped yet: either way its files are closed.
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return,
+                Ok(s) if s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        panic!("region {region} (pid {pid}) still runs 30 s after SIGKILL");
+    }
 }
 
 impl Drop for Demo {
