@@ -317,6 +317,65 @@ impl UserStore for PgStore {
     }
 }
 
+/// The contract every [`UserStore`] backend keeps, as a check to run against a fresh, empty
+/// store (the unit tests run it on [`RedbStore`], `tests/userdata_pg.rs` on [`PgStore`]
+/// against a real PostgreSQL server): profiles, entitlements and preferences round-trip
+/// exactly, replacing keeps one copy, erasure is idempotent, invalid profiles are refused
+/// before they are stored. The error names the first broken expectation.
+pub fn conformance(s: &dyn UserStore) -> Result<(), String> {
+    macro_rules! expect {
+        ($cond:expr, $($msg:tt)*) => {
+            if !$cond {
+                return Err(format!($($msg)*));
+            }
+        };
+    }
+    let e = |e: TierError| e.to_string();
+    let carol = UserProfile {
+        id: "carol".into(),
+        home: "us-east-1".into(),
+        name: Some("Carol Conformance".into()),
+        email: Some("carol@example.com".into()),
+        entitlements: Entitlements { channels: vec!["trades".into(), "orders".into()], symbols: vec!["BTC-*".into()] },
+        preferences: BTreeMap::from([("book_depth".to_owned(), "10".to_owned())]),
+    };
+    expect!(s.get("carol").map_err(e)?.is_none(), "a fresh store already holds carol");
+    expect!(s.ids().map_err(e)?.is_empty(), "a fresh store lists users");
+    s.put(&carol).map_err(e)?;
+    let got = s.get("carol").map_err(e)?;
+    expect!(got.as_ref() == Some(&carol), "profile did not round-trip: stored {carol:?}, read {got:?}");
+    // Entitlements and preferences are replaced as a whole (no merge with old values).
+    let mut c2 = carol.clone();
+    c2.entitlements = Entitlements { channels: vec!["book".into()], symbols: vec!["AAPL".into()] };
+    c2.preferences = BTreeMap::from([("theme".to_owned(), "dark".to_owned())]);
+    s.put(&c2).map_err(e)?;
+    let got = s.get("carol").map_err(e)?;
+    expect!(got.as_ref() == Some(&c2), "replacement did not round-trip: stored {c2:?}, read {got:?}");
+    // A user without personal fields stores none.
+    let dave = UserProfile { id: "dave".into(), name: None, email: None, ..carol.clone() };
+    s.put(&dave).map_err(e)?;
+    expect!(s.get("dave").map_err(e)? == Some(dave.clone()), "a profile without personal data did not round-trip");
+    let ids = s.ids().map_err(e)?;
+    expect!(ids == vec!["carol".to_owned(), "dave".to_owned()], "ids() lists {ids:?}, want carol and dave once each");
+    // Erasure: gone, and a second erasure says there was nothing.
+    expect!(s.delete("carol").map_err(e)?, "delete(carol) reported no user");
+    expect!(!s.delete("carol").map_err(e)?, "a second delete(carol) reported a user");
+    expect!(s.get("carol").map_err(e)?.is_none(), "carol is still readable after delete");
+    expect!(s.ids().map_err(e)? == vec!["dave".to_owned()], "carol is still listed after delete");
+    // Data minimization at the edge: an invalid profile is refused and not stored.
+    let bad = UserProfile { id: "erin".into(), email: Some("not-an-address".into()), ..carol.clone() };
+    match s.put(&bad) {
+        Err(TierError::Invalid(m)) => expect!(m.contains("email must be an address"), "unexpected refusal: {m}"),
+        other => return Err(format!("an invalid e-mail was not refused: {other:?}")),
+    }
+    expect!(s.get("erin").map_err(e)?.is_none(), "a refused profile was stored");
+    let long = UserProfile { id: "x".repeat(25), ..carol };
+    expect!(matches!(s.put(&long), Err(TierError::Invalid(_))), "a 25-character id was not refused");
+    expect!(s.delete("dave").map_err(e)?, "delete(dave) reported no user");
+    expect!(s.ids().map_err(e)?.is_empty(), "the store is not empty after erasing every user");
+    Ok(())
+}
+
 /// How this node reaches another region's user-data API (the node wires HTTP here).
 pub trait HomeClient: Send + Sync + 'static {
     /// Fetches the PII-free view of `id` from its home region.
@@ -579,6 +638,12 @@ mod tests {
         assert_eq!(s.get("alice").unwrap(), None);
         let bad = UserProfile { email: Some("not-an-address".into()), ..alice() };
         assert!(s.put(&bad).unwrap_err().to_string().contains("email must be an address"));
+    }
+
+    #[test]
+    fn redb_store_passes_the_conformance_check() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance(&RedbStore::open(&dir.path().join("users.redb")).unwrap()).unwrap();
     }
 
     #[test]
