@@ -252,6 +252,40 @@ impl TransferPolicy for ResidencyPolicy {
         self.class_of_str(src.as_str())
     }
 
+    /// User-data messages: personal data may always return to its home region (that is
+    /// where it lives); otherwise, like a source of the message's class, the class's
+    /// `allow` and `deny` lists decide (so PII goes nowhere else unless allow-listed, and
+    /// the PII-free view goes where market data goes).
+    fn check_user_data(&self, class: DataClass, home: &str, from: &str, to: &str, dir: Direction) -> Decision {
+        if from == to {
+            return Decision::Allow;
+        }
+        let rule = self.rule(class);
+        let c = class.as_str();
+        let side = match dir {
+            Direction::Send => "sender",
+            Direction::Receive => "receiver",
+        };
+        if rule.deny.iter().any(|r| r == to) {
+            return Decision::Deny(format!(
+                "user data of class {c} (home {home}) may not move to {to}: residency.{c}.deny of the {side} lists it"
+            ));
+        }
+        let allowed = to == home
+            || match (&rule.allow, class) {
+                (Some(list), _) => list.iter().any(|r| r == to),
+                (None, DataClass::MarketData) => true,
+                (None, _) => false,
+            };
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!(
+                "user data of class {c} is homed in {home} and stays there unless residency.{c}.allow of the {side} lists the destination; it may not move from {from} to {to}"
+            ))
+        }
+    }
+
     fn check(&self, src: &SourceId, from: &str, to: &str, dir: Direction) -> Decision {
         self.check_str(src.as_str(), from, to, dir)
     }
