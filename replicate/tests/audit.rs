@@ -368,7 +368,7 @@ fn lines_without_kind_are_transfers_and_erasures_join_the_chain() {
     h.update(canonical.as_bytes());
     let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let line = format!("{},\"hash\":\"{hash}\"}}", &canonical[..canonical.len() - 1]);
-    write_lines(&path, &[line.clone()]);
+    write_lines(&path, std::slice::from_ref(&line));
     std::fs::write(dir.path().join(HEAD_FILE), format!("{{\"index\":0,\"hash\":\"{hash}\"}}")).unwrap();
     assert!(AuditLog::verify(&path).unwrap().is_intact(), "an old-format line verifies");
     let e: AuditEntry = serde_json::from_str(&line).unwrap();

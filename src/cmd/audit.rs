@@ -10,6 +10,8 @@ use tickmesh_replicate::{user_pseudonym, AuditFilter, DataClass, EntryKind};
 
 /// `tickmesh audit ...`.
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AuditCmd {
     /// Check the hash chain and the head anchor; exit 0 when intact, 1 with the first
     /// broken index and the reason otherwise.
