@@ -65,11 +65,24 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     // A profile is stored in its home region only.
     let alice = json!({"id": "alice", "home": "us-east-1", "name": "Alice Example", "email": "alice@example.com",
         "entitlements": {"channels": ["trades", "orders"], "symbols": ["*"]}, "preferences": {"book_depth": "10"}});
+    // Created through another region: the profile (personal data) travels over the mesh
+    // toward its home only, and is stored there only.
     let (st, body) = http(&demo, "eu-west-1", "PUT", "/v1/users/alice", &admin, Some(alice.clone()));
-    assert_eq!(st, 409, "{body}");
-    assert_eq!(body["error"], "not_home_region");
+    assert_eq!(st, 200, "{body}");
     let (st, body) = http(&demo, "us-east-1", "PUT", "/v1/users/alice", &admin, Some(alice));
     assert_eq!(st, 200, "{body}");
+    let (st, prof) = http(&demo, "us-east-1", "GET", "/v1/users/alice", &admin, None);
+    assert_eq!((st, &prof["email"]), (200, &json!("alice@example.com")), "{prof}");
+    let (st, page) = http(&demo, "eu-west-1", "GET", "/v1/audit?kind=user_transfer&class=pii", &admin, None);
+    assert_eq!(st, 200, "{page}");
+    let pii: Vec<(&str, &str, &str)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .map(|e| (e["op"].as_str().unwrap(), e["to"].as_str().unwrap(), e["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(pii, [("put", "us-east-1", "allow")], "personal data left eu-west-1 once, toward home: {page}");
 
     // Another region serves a view without the personal fields; the user's own token works.
     let alice_tok = token(&demo, "alice", "us-east-1", "orders", "");

@@ -50,9 +50,10 @@ fn is_root() -> bool {
 impl PgServer {
     fn start() -> PgServer {
         let bin = pg_bin();
-        let dir = tempfile::tempdir().unwrap();
-        // initdb refuses to run as root: the server runs as Debian's `postgres` user then.
+        // initdb refuses to run as root: the server runs as Debian's `postgres` user then,
+        // in a directory under /tmp (which that user can reach, unlike a root-only TMPDIR).
         let as_postgres = is_root();
+        let dir = if as_postgres { tempfile::tempdir_in("/tmp").unwrap() } else { tempfile::tempdir().unwrap() };
         let data = dir.path().join("data");
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).unwrap();

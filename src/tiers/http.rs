@@ -3,7 +3,7 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `PUT /v1/users/{id}` | admin | create or replace a user homed in this region |
+//! | `PUT /v1/users/{id}` | admin | create or replace a user (homed elsewhere: passed on to its home over the mesh, no copy kept) |
 //! | `GET /v1/users/{id}` | admin, the user | the full profile (home region only) |
 //! | `GET /v1/users/{id}/view?home=R` | admin, the user | the PII-free view (cached away from home) |
 //! | `PUT /v1/users/{id}/preferences?home=R` | admin, the user | set preferences (written back home) |
@@ -124,7 +124,7 @@ async fn put_user(
         return error(StatusCode::BAD_REQUEST, "invalid", format!("body id {:?} differs from the path's {id:?}", p.id));
     }
     let tier = s.tier.clone();
-    match tokio::task::spawn_blocking(move || tier.put(&p)).await {
+    match tokio::task::spawn_blocking(move || tier.put_anywhere(&p)).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"stored": id}))).into_response(),
         Ok(Err(e)) => tier_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),

@@ -393,6 +393,9 @@ pub trait HomeClient: Send + Sync + 'static {
     fn put_preferences(&self, home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError>;
     /// Tells `region` to erase its cached view of `id` (homed in `home`); true if it held one.
     fn drop_cached(&self, region: &str, home: &str, id: &str, operator: Option<&str>) -> Result<bool, TierError>;
+    /// Sends a whole profile (personal fields included) to its home region to store: the
+    /// one user-data message that carries personal data, and only toward home.
+    fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError>;
     /// Asks `home` to forget `id` (for a request that reached another region).
     fn forget_at(&self, home: &str, id: &str, operator: Option<&str>) -> Result<ForgetReport, TierError>;
 }
@@ -534,6 +537,19 @@ impl UserTier {
             return Err(TierError::NotHome { user: p.id.clone(), home: p.home.clone(), here: self.region.clone() });
         }
         self.store.put(p)
+    }
+
+    /// Creates or replaces a user homed anywhere: stored here when homed here, else passed
+    /// on to the home region over the mesh (this region keeps no copy, and drops its cached
+    /// view so the next read sees the change).
+    pub fn put_anywhere(&self, p: &UserProfile) -> Result<(), TierError> {
+        p.validate()?;
+        if p.home == self.region {
+            return self.store.put(p);
+        }
+        self.home.put_at(&p.home, p)?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.id);
+        Ok(())
     }
 
     /// The full profile of a user homed here (with personal data: only the home region
@@ -756,6 +772,16 @@ impl UserTier {
                     Err(e) => fail(e),
                 }
             }
+            "put" => match serde_json::from_value::<UserProfile>(req.body.clone()) {
+                Ok(p) if p.id != req.user || p.home != req.home => {
+                    fail(TierError::Invalid("the profile names another user or home than the request".into()))
+                }
+                Ok(p) => match self.put(&p) {
+                    Ok(()) => ok(DataClass::MarketData, Vec::new(), serde_json::Value::Null),
+                    Err(e) => fail(e),
+                },
+                Err(e) => fail(TierError::Invalid(format!("profile: {e}"))),
+            },
             "drop_cache" => {
                 let had = self.drop_cached(&req.user, &req.home, operator.or_else(|| Some(format!("region {peer}"))));
                 ok(DataClass::MarketData, Vec::new(), serde_json::json!({ "dropped": had }))
@@ -869,6 +895,14 @@ impl HomeClient for MeshHome {
         Ok(a.body["dropped"].as_bool().unwrap_or(false))
     }
 
+    fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError> {
+        let mut m = MeshHome::msg("put", &p.id, home, fields_of(p), serde_json::to_value(p).unwrap_or_default());
+        if p.name.is_some() || p.email.is_some() {
+            m.class = DataClass::Pii;
+        }
+        self.call(home, m).map(|_| ())
+    }
+
     fn forget_at(&self, home: &str, id: &str, operator: Option<&str>) -> Result<ForgetReport, TierError> {
         let body = serde_json::json!({ "operator": operator });
         // The home region tells every other region in turn: give it time for each.
@@ -932,6 +966,10 @@ mod tests {
             let body = serde_json::json!({ "operator": op });
             let a = self.ask(region, home, MeshHome::msg("drop_cache", id, home, vec![], body))?;
             Ok(a.body["dropped"].as_bool().unwrap())
+        }
+        fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError> {
+            let body = serde_json::to_value(p).unwrap();
+            self.ask(home, "eu-west-1", MeshHome::msg("put", &p.id, home, vec![], body)).map(|_| ())
         }
         fn forget_at(&self, home: &str, id: &str, op: Option<&str>) -> Result<ForgetReport, TierError> {
             let body = serde_json::json!({ "operator": op });
@@ -1000,7 +1038,10 @@ mod tests {
         direct.tiers.lock().unwrap().extend([home.clone(), eu.clone()]);
 
         assert!(matches!(eu.put(&alice()), Err(TierError::NotHome { .. })));
-        home.put(&alice()).unwrap();
+        // Created from another region: passed on home, no copy kept.
+        eu.put_anywhere(&alice()).unwrap();
+        assert_eq!(home.profile("alice").unwrap(), alice());
+        assert!(eu_store.ids().unwrap().is_empty());
         let v = eu.view("alice", "us-east-1").unwrap();
         assert_eq!(v, alice().view());
         let json = serde_json::to_string(&v).unwrap();
