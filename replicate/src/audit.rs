@@ -1,4 +1,17 @@
-//! [`AuditLog`]: the hash-chained, append-only trail of cross-region transfers.
+//! [`AuditLog`]: the hash-chained, append-only trail of cross-region transfers, user-data
+//! messages between regions and erasures.
+//!
+//! # Kinds of entry
+//! One chain holds every kind ([`EntryKind`]):
+//! ```text
+//! transfer       {"index","time_ns","src","first_seq","last_seq","count","bytes","from","to",
+//!                 "class","dir","decision"[,"reason"],"prev_hash","hash"}       (no "kind")
+//! user_transfer  {"index","time_ns","kind":"user_transfer","event":{UserDataRecord},"prev_hash","hash"}
+//! erasure        {"index","time_ns","kind":"erasure","event":{UserDataRecord},"prev_hash","hash"}
+//! ```
+//! Transfers keep the format they had before kinds existed (a line without `kind` is a
+//! transfer), so logs written by older nodes verify unchanged and continue. User-data
+//! entries name the user only by [`user_pseudonym`].
 //!
 //! # On disk
 //! ```text
@@ -9,8 +22,8 @@
 //! # The chain
 //! Each entry carries `prev_hash` (the previous entry's `hash`; 64 zeros for index 0) and
 //! `hash = SHA-256(prev_hash as 32 raw bytes || canonical bytes)`, where the canonical bytes
-//! are the entry's compact JSON without the `hash` field, fields in the order of
-//! [`AuditEntry`]. Like a transparency log, an entry commits to every entry before it: an
+//! are the entry's line (above) as compact JSON without the `hash` field, fields in the
+//! order shown. Like a transparency log, an entry commits to every entry before it: an
 //! edited entry no longer matches its hash, a removed, inserted or moved one breaks the
 //! `index` sequence or the `prev_hash` link. The `head` file anchors the newest hash, so
 //! cutting entries off the tail (which leaves a valid shorter chain) is detected too.

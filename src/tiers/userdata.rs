@@ -255,7 +255,13 @@ impl UserStore for RedbStore {
     }
 }
 
-/// The PostgreSQL store: table `tickmesh_users (id text primary key, home text, profile jsonb)`.
+/// The PostgreSQL store: table `tickmesh_users (id text primary key, home text, profile text)`
+/// (the profile as JSON).
+///
+/// Erasure is a `DELETE`: the row is gone for every reader at once. PostgreSQL itself keeps
+/// the dead tuple's bytes until vacuum reuses the page and the WAL until it is recycled
+/// (and archives and base backups as long as they are kept): the region's database
+/// operations own that retention (encrypted storage, WAL archive expiry).
 pub struct PgStore {
     client: Mutex<postgres::Client>,
 }
