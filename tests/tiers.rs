@@ -178,11 +178,16 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     let (st, _) = http(&demo, "eu-west-1", "GET", "/v1/users/alice/view", &alice_tok, None);
     assert_eq!(st, 200);
     let euw1_url = demo.regions.iter().find(|r| r.region == "eu-west-1").unwrap().http_url.clone();
+    let state_dir = demo.state_dir.clone();
     let forget = |user: &str, json: bool| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"));
-        c.args(["admin", "forget-user", user, "--home", "us-east-1", "--url", &euw1_url, "--token", &admin]);
+        c.args(["admin", "forget-user", user, "--home", "us-east-1"]);
         if json {
-            c.arg("--json");
+            // Through another region's node, with a token.
+            c.args(["--json", "--url", &euw1_url, "--token", &admin]);
+        } else {
+            // Straight to the home region named in the demo's configs, token minted there.
+            c.arg("--state-dir").arg(&state_dir);
         }
         let out = c.output().expect("run tickmesh admin forget-user");
         (
