@@ -239,6 +239,20 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     let ops: Vec<&str> = page["entries"].as_array().unwrap().iter().filter_map(|e| e["event"]["op"].as_str()).collect();
     assert!(ops.contains(&"view") && ops.contains(&"write_back"), "{ops:?}");
 
+    // A region down during a forget: the home erases, the others are told, the command
+    // fails naming the region and saying to run it again.
+    let bob = json!({"id": "bob", "home": "us-east-1", "name": "Bob Example", "email": "bob@example.com"});
+    let (st, body) = http(&demo, "us-east-1", "PUT", "/v1/users/bob", &admin, Some(bob));
+    assert_eq!(st, 200, "{body}");
+    demo.kill_region("ap-southeast-1");
+    let (ok, stdout, stderr) = forget("bob", false);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("personal data erased") && stdout.contains("eu-west-1: no cached view"), "{stdout}");
+    assert!(stdout.contains("ap-southeast-1: NOT REACHED"), "{stdout}");
+    assert!(stderr.contains("ap-southeast-1 not reached") && stderr.contains("run the same command again"), "{stderr}");
+    let (st, _) = http(&demo, "us-east-1", "GET", "/v1/users/bob", &admin, None);
+    assert_eq!(st, 404, "bob is erased at home even though a region was down");
+
     // Let replication run a little, then stop every region and read their files.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let state = demo.state_dir.clone();
@@ -250,7 +264,7 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
         assert!(!f.is_empty(), "{region} wrote files");
         // No region (the home included) holds alice's personal data after the forget:
         // not the store, not a journal, not an audit log.
-        for needle in [b"alice@example.com", &b"Alice Example"[..]] {
+        for needle in [b"alice@example.com", &b"Alice Example"[..], b"bob@example.com", b"Bob Example"] {
             let found = holds(&f, needle);
             assert!(found.is_empty(), "{region} holds {:?} in {found:?}", String::from_utf8_lossy(needle));
         }
