@@ -295,6 +295,30 @@ impl TransferPolicy for ResidencyPolicy {
 mod tests {
     use super::*;
 
+    #[test]
+    fn user_data_goes_home_and_the_view_goes_where_market_data_goes() {
+        let mut c = ResidencyConfig::regions_md();
+        c.market_data.deny = vec!["cn-north-1".into()];
+        let p = ResidencyPolicy::new(&c);
+        let ok = |class, from, to| p.check_user_data(class, "us-east-1", from, to, Direction::Send).is_allowed();
+        assert!(ok(DataClass::Pii, "eu-west-1", "us-east-1"), "personal data returns home");
+        assert!(!ok(DataClass::Pii, "us-east-1", "eu-west-1"), "and goes nowhere else");
+        assert!(!ok(DataClass::Pii, "eu-west-1", "ap-southeast-1"));
+        assert!(ok(DataClass::Pii, "us-east-1", "us-east-1"));
+        assert!(ok(DataClass::MarketData, "us-east-1", "eu-west-1"), "the PII-free view travels");
+        assert!(!ok(DataClass::MarketData, "us-east-1", "cn-north-1"), "unless denied like market data");
+        let Decision::Deny(why) =
+            p.check_user_data(DataClass::Pii, "us-east-1", "us-east-1", "eu-west-1", Direction::Receive)
+        else {
+            panic!("allowed")
+        };
+        assert!(why.contains("residency.pii.allow of the receiver"), "{why}");
+        // An allow-list entry lets it go there too.
+        c.pii.allow = Some(vec!["eu-west-1".into()]);
+        let p = ResidencyPolicy::new(&c);
+        assert!(p.check_user_data(DataClass::Pii, "us-east-1", "us-east-1", "eu-west-1", Direction::Send).is_allowed());
+    }
+
     fn cfg(text: &str) -> ResidencyConfig {
         toml::from_str(text).unwrap()
     }
