@@ -16,6 +16,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# tests/userdata_pg.rs starts a private PostgreSQL server (initdb, pg_ctl) for the user-data tier.
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

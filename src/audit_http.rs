@@ -1,6 +1,8 @@
-//! `GET /v1/audit`: the node's audit trail of cross-region transfers, for admins.
+//! `GET /v1/audit`: the node's audit trail (cross-region transfers, user-data messages,
+//! erasures: one hash chain), for admins.
 //!
-//! Query: `src`, `from`, `to`, `class` (market_data, pii, regulatory), `decision` (allow,
+//! Query: `kind` (transfer, user_transfer, erasure), `user` (a user id, matched through
+//! its pseudonym), `src`, `from`, `to`, `class` (market_data, pii, regulatory), `decision` (allow,
 //! deny), `since_ns`, `until_ns`, `after` (index, for paging), `limit` (default 1,000, at
 //! most 10,000). Answer: `{"region","entries":[...],"next_after","head"}`, entries oldest
 //! first; `head` is the chain's anchor (archive it elsewhere to detect a rewritten log).
@@ -16,7 +18,7 @@ use serde_json::json;
 use std::sync::Arc;
 use tickmesh_gateway::auth::token_from_request;
 use tickmesh_gateway::GatewayShared;
-use tickmesh_replicate::{AuditFilter, AuditLog, DataClass};
+use tickmesh_replicate::{user_pseudonym, AuditFilter, AuditLog, DataClass, EntryKind};
 
 struct AuditState {
     shared: Arc<GatewayShared>,
@@ -41,6 +43,13 @@ fn parse_filter(query: &str) -> Result<AuditFilter, String> {
         let num = |what: &str| v.parse::<u64>().map_err(|_| format!("{what} {v:?} is not a whole number"));
         match k {
             "token" => {}
+            "kind" => {
+                f.kind = Some(
+                    serde_json::from_value::<EntryKind>(serde_json::Value::String(v.clone()))
+                        .map_err(|_| format!("kind {v:?} is not known; use transfer, user_transfer or erasure"))?,
+                )
+            }
+            "user" => f.user = Some(user_pseudonym(&v)),
             "src" => f.src = Some(v),
             "from" => f.from = Some(v),
             "to" => f.to = Some(v),
@@ -57,7 +66,7 @@ fn parse_filter(query: &str) -> Result<AuditFilter, String> {
             "limit" => f.limit = Some(num("limit")? as usize),
             other => {
                 return Err(format!(
-                    "query parameter {other:?} is not known; use src, from, to, class, decision, since_ns, until_ns, after, limit"
+                    "query parameter {other:?} is not known; use kind, user, src, from, to, class, decision, since_ns, until_ns, after, limit"
                 ))
             }
         }
@@ -144,6 +153,10 @@ mod tests {
         assert_eq!(f.src.as_deref(), Some("USR.EUW1"));
         assert_eq!(f.class, Some(DataClass::Pii));
         assert_eq!((f.since_ns, f.limit), (Some(5), Some(10)));
+        let f = parse_filter("kind=erasure&user=alice").unwrap();
+        assert_eq!(f.kind, Some(EntryKind::Erasure));
+        assert_eq!(f.user, Some(user_pseudonym("alice")));
+        assert!(parse_filter("kind=gossip").unwrap_err().contains("transfer, user_transfer or erasure"));
         assert!(parse_filter("colour=red").unwrap_err().contains("\"colour\" is not known"));
         assert!(parse_filter("class=secret").unwrap_err().contains("market_data, pii or regulatory"));
         assert!(parse_filter("limit=abc").unwrap_err().contains("not a whole number"));

@@ -251,6 +251,19 @@ enum AdminCmd {
     },
     #[command(flatten)]
     Route(tickmesh::cmd::admin_route::AdminRouteCmd),
+    /// Erase user ID's personal data in its home region and every cached view elsewhere.
+    ForgetUser {
+        /// The user id (the token subject).
+        id: String,
+        /// The user's home region (where the request goes; with --url, passed on there).
+        #[arg(long)]
+        home: Option<String>,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AdminTarget,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -405,12 +418,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { cmd: BenchCmd::E2e(a) } => tickmesh::cmd::bench::e2e(a.options()?),
         Cmd::Bench { cmd: BenchCmd::All(a) } => tickmesh::cmd::bench_all::run(a),
         Cmd::Admin { cmd: AdminCmd::Route(c) } => tickmesh::cmd::admin_route::run(c),
+        Cmd::Admin { cmd: AdminCmd::ForgetUser { id, home, json, at } } => {
+            let AdminTarget { url, config, state_dir, token } = at;
+            let o = tickmesh::cmd::admin::ForgetOptions { user: id, home, url, config, state_dir, token, json };
+            tickmesh::cmd::admin::forget_user(o)
+        }
         Cmd::Admin { cmd } => {
             use tickmesh::cmd::admin::{run, Action, AdminOptions};
             let (action, region, grace_ms, at) = match cmd {
                 AdminCmd::Drain { region, grace_ms, at } => (Action::Drain, region, grace_ms, at),
                 AdminCmd::Undrain { region, at } => (Action::Undrain, region, None, at),
-                AdminCmd::Route(_) => unreachable!("matched above"),
+                AdminCmd::Route(_) | AdminCmd::ForgetUser { .. } => unreachable!("matched above"),
             };
             let AdminTarget { url, config, state_dir, token } = at;
             run(AdminOptions { action, region, url, config, state_dir, token, grace_ms })

@@ -146,9 +146,12 @@ impl Node {
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
         let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
-        let users = match &cfg.userdata {
-            Some(u) => Some(Arc::new(user_tier(&cfg, u)?)),
-            None => None,
+        let (users, users_home) = match &cfg.userdata {
+            Some(u) => {
+                let (tier, home) = user_tier(&cfg, u, audit.clone())?;
+                (Some(Arc::new(tier)), Some(home))
+            }
+            None => (None, None),
         };
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
         let taps = Arc::new(crate::tiers::trading::Taps::default());
@@ -249,6 +252,11 @@ impl Node {
                 let _ = view.mesh.set(mesh.status());
                 view.route.set_mesh(mesh.status());
                 let _ = view.mesh_ctl.set(mesh.handle());
+                if let (Some(tier), Some(home)) = (&users, &users_home) {
+                    // Peers' user-data requests reach the tier; its own reach them.
+                    mesh.set_user_handler(Arc::new(crate::tiers::userdata::TierHandler(tier.clone())));
+                    home.set_mesh(mesh.handle());
+                }
                 stats.set_mesh(mesh.status());
                 Some(mesh)
             }
@@ -389,39 +397,29 @@ impl Node {
 }
 
 /// The user-data tier: its store (redb in the state directory, or PostgreSQL), other
-/// regions reached over HTTP with node-minted admin tokens, and erasures logged.
+/// regions reached over the mesh (the returned client gets the mesh once it runs), and
+/// erasures written to the node's audit chain.
 fn user_tier(
     cfg: &NodeConfig,
     u: &crate::tiers::userdata::UserDataConfig,
-) -> anyhow::Result<crate::tiers::userdata::UserTier> {
+    trail: Arc<dyn crate::tiers::userdata::UserTrail>,
+) -> anyhow::Result<(crate::tiers::userdata::UserTier, Arc<crate::tiers::userdata::MeshHome>)> {
     use crate::tiers::userdata::{Backend, PgStore, RedbStore, UserStore};
     let store: Arc<dyn UserStore> = match u.backend {
         Backend::Redb => Arc::new(RedbStore::open(&cfg.state_dir.join("userdata.redb"))?),
         Backend::Postgres => Arc::new(PgStore::connect(u.postgres_url.as_deref().unwrap_or_default())?),
     };
-    let secret = match cfg.auth.hs256_key_files.first() {
-        Some(f) => Some(
-            trim_newline(&std::fs::read(f).with_context(|| format!("reading the HS256 key {}", f.display()))?).to_vec(),
-        ),
-        None => None,
-    };
-    let home = crate::tiers::http::HttpHome {
-        region: cfg.region.clone(),
-        urls: cfg.regions.iter().map(|r| (r.region.clone(), r.http_url.clone())).collect(),
-        secret,
-    };
+    let home = Arc::new(crate::tiers::userdata::MeshHome::new(cfg.region.clone(), Duration::from_secs(5)));
     let others = cfg.regions.iter().map(|r| r.region.clone()).filter(|r| *r != cfg.region).collect();
-    let audit: crate::tiers::userdata::UserAudit = Arc::new(|e| {
-        tracing::info!(target: "tickmesh::audit", action = e.action, user = %e.user, region = %e.region, outcome = %e.outcome, "user data");
-    });
-    Ok(crate::tiers::userdata::UserTier::new(
+    let tier = crate::tiers::userdata::UserTier::new(
         cfg.region.clone(),
         others,
         store,
-        Arc::new(home),
-        audit,
+        home.clone(),
+        trail,
         Duration::from_secs(u.cache_ttl_s),
-    ))
+    );
+    Ok((tier, home))
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {

@@ -65,11 +65,24 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     // A profile is stored in its home region only.
     let alice = json!({"id": "alice", "home": "us-east-1", "name": "Alice Example", "email": "alice@example.com",
         "entitlements": {"channels": ["trades", "orders"], "symbols": ["*"]}, "preferences": {"book_depth": "10"}});
+    // Created through another region: the profile (personal data) travels over the mesh
+    // toward its home only, and is stored there only.
     let (st, body) = http(&demo, "eu-west-1", "PUT", "/v1/users/alice", &admin, Some(alice.clone()));
-    assert_eq!(st, 409, "{body}");
-    assert_eq!(body["error"], "not_home_region");
+    assert_eq!(st, 200, "{body}");
     let (st, body) = http(&demo, "us-east-1", "PUT", "/v1/users/alice", &admin, Some(alice));
     assert_eq!(st, 200, "{body}");
+    let (st, prof) = http(&demo, "us-east-1", "GET", "/v1/users/alice", &admin, None);
+    assert_eq!((st, &prof["email"]), (200, &json!("alice@example.com")), "{prof}");
+    let (st, page) = http(&demo, "eu-west-1", "GET", "/v1/audit?kind=user_transfer&class=pii", &admin, None);
+    assert_eq!(st, 200, "{page}");
+    let pii: Vec<(&str, &str, &str)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .map(|e| (e["op"].as_str().unwrap(), e["to"].as_str().unwrap(), e["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(pii, [("put", "us-east-1", "allow")], "personal data left eu-west-1 once, toward home: {page}");
 
     // Another region serves a view without the personal fields; the user's own token works.
     let alice_tok = token(&demo, "alice", "us-east-1", "orders", "");
@@ -150,15 +163,95 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     let r = request(&mut e, json!({"op":"subscribe","id":1,"channels":["orders"],"symbols":"*"})).await;
     assert_eq!(r["code"], "home_region_unavailable", "{r}");
 
-    // Forget: erased at home, every cached view dropped.
+    // Until the forget, no other region ever holds alice's personal data: not in memory
+    // (the view has no personal fields) and not in any file.
+    for region in ["eu-west-1", "ap-southeast-1"] {
+        let f = files(&demo.state_dir.join(region));
+        for needle in [b"alice@example.com", &b"Alice Example"[..]] {
+            let found = holds(&f, needle);
+            assert!(found.is_empty(), "{region} holds {:?} in {found:?}", String::from_utf8_lossy(needle));
+        }
+    }
+
+    // Forget, from the shell, sent to another region that passes it on to the home region
+    // over the mesh: erased at home, every cached view dropped, each region reported.
     let (st, _) = http(&demo, "eu-west-1", "GET", "/v1/users/alice/view", &alice_tok, None);
     assert_eq!(st, 200);
-    let (st, report) = http(&demo, "us-east-1", "DELETE", "/v1/users/alice", &admin, None);
-    assert_eq!(st, 200, "{report}");
-    assert_eq!(report["erased_at_home"], true);
-    assert_eq!(report["caches_cleared"], json!(["eu-west-1", "ap-southeast-1"]));
+    let euw1_url = demo.regions.iter().find(|r| r.region == "eu-west-1").unwrap().http_url.clone();
+    let state_dir = demo.state_dir.clone();
+    let forget = |user: &str, json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"));
+        c.args(["admin", "forget-user", user, "--home", "us-east-1"]);
+        if json {
+            // Through another region's node, with a token.
+            c.args(["--json", "--url", &euw1_url, "--token", &admin]);
+        } else {
+            // Straight to the home region named in the demo's configs, token minted there.
+            c.arg("--state-dir").arg(&state_dir);
+        }
+        let out = c.output().expect("run tickmesh admin forget-user");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = forget("alice", true);
+    assert!(ok, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["erased_at_home"], true, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["fields"], json!(["name", "email", "entitlements", "preferences"]));
+    assert_eq!(
+        report["regions"],
+        json!([{"region": "eu-west-1", "ok": true, "outcome": "cached view erased"},
+               {"region": "ap-southeast-1", "ok": true, "outcome": "no cached view"}]),
+        "{report}"
+    );
     let (st, _) = http(&demo, "eu-west-1", "GET", "/v1/users/alice/view", &alice_tok, None);
     assert_eq!(st, 404, "after forget no region serves alice");
+    let (st, _) = http(&demo, "us-east-1", "GET", "/v1/users/alice", &admin, None);
+    assert_eq!(st, 404, "the profile is gone at home");
+    // Idempotent: again, it says so and tells every region again.
+    let (ok, stdout, stderr) = forget("alice", false);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("already erased") && stdout.contains("ap-southeast-1: no cached view"), "{stdout}");
+    // A user nobody knows: a clear error, nothing erased.
+    let (ok, _, stderr) = forget("nobody", false);
+    assert!(!ok && stderr.contains("404") && stderr.contains("not known"), "{stderr}");
+
+    // The erasure is in the home region's audit chain, by pseudonym, with the operator
+    // and the regions told; each other region has its own entry.
+    let (st, page) = http(&demo, "us-east-1", "GET", "/v1/audit?kind=erasure&user=alice", &admin, None);
+    assert_eq!(st, 200, "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "two forgets at home: {page}");
+    assert_eq!(entries[0]["event"]["op"], "forget");
+    assert_eq!(entries[0]["event"]["regions"], json!(["eu-west-1", "ap-southeast-1"]));
+    assert!(entries[0]["event"]["outcome"].as_str().unwrap().starts_with("profile erased"), "{page}");
+    assert!(entries[0]["event"]["operator"].as_str().is_some_and(|o| !o.is_empty()), "{page}");
+    let (st, page) = http(&demo, "eu-west-1", "GET", "/v1/audit?kind=erasure&user=alice", &admin, None);
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["entries"][0]["event"]["outcome"], "cached view erased", "{page}");
+    // The view and the write-back crossed the mesh: audited on both sides.
+    let (st, page) = http(&demo, "eu-west-1", "GET", "/v1/audit?kind=user_transfer&user=alice", &admin, None);
+    assert_eq!(st, 200, "{page}");
+    let ops: Vec<&str> = page["entries"].as_array().unwrap().iter().filter_map(|e| e["event"]["op"].as_str()).collect();
+    assert!(ops.contains(&"view") && ops.contains(&"write_back"), "{ops:?}");
+
+    // A region down during a forget: the home erases, the others are told, the command
+    // fails naming the region and saying to run it again.
+    let bob = json!({"id": "bob", "home": "us-east-1", "name": "Bob Example", "email": "bob@example.com"});
+    let (st, body) = http(&demo, "us-east-1", "PUT", "/v1/users/bob", &admin, Some(bob));
+    assert_eq!(st, 200, "{body}");
+    demo.kill_region("ap-southeast-1");
+    let (ok, stdout, stderr) = forget("bob", false);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("personal data erased") && stdout.contains("eu-west-1: no cached view"), "{stdout}");
+    assert!(stdout.contains("ap-southeast-1: NOT REACHED"), "{stdout}");
+    assert!(stderr.contains("ap-southeast-1 not reached") && stderr.contains("run the same command again"), "{stderr}");
+    let (st, _) = http(&demo, "us-east-1", "GET", "/v1/users/bob", &admin, None);
+    assert_eq!(st, 404, "bob is erased at home even though a region was down");
 
     // Let replication run a little, then stop every region and read their files.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -166,13 +259,35 @@ async fn order_updates_and_profiles_stay_in_the_home_region() {
     drop(demo);
     let home = files(&state.join("us-east-1"));
     assert!(!holds(&home, b"ORD.USE1").is_empty(), "the home journal holds the orders source");
-    assert!(holds(&home, b"alice@example.com").is_empty(), "forget erased alice's e-mail at home");
-    for region in ["eu-west-1", "ap-southeast-1"] {
+    for region in ["us-east-1", "eu-west-1", "ap-southeast-1"] {
         let f = files(&state.join(region));
         assert!(!f.is_empty(), "{region} wrote files");
-        for needle in [b"alice@example.com", &b"Alice Example"[..]] {
+        // No region (the home included) holds alice's personal data after the forget:
+        // not the store, not a journal, not an audit log.
+        for needle in [b"alice@example.com", &b"Alice Example"[..], b"bob@example.com", b"Bob Example"] {
             let found = holds(&f, needle);
             assert!(found.is_empty(), "{region} holds {:?} in {found:?}", String::from_utf8_lossy(needle));
+        }
+        // Audit logs name users only by pseudonym, and every chain verifies, erasures included.
+        let audit: Vec<_> =
+            f.iter().filter(|(p, _)| p.components().any(|c| c.as_os_str() == "audit")).cloned().collect();
+        let found = holds(&audit, b"alice");
+        assert!(found.is_empty(), "{region}'s audit trail names alice in {found:?}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+            .args(["audit", "verify", "--state-dir"])
+            .arg(state.join(region))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{region}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+            .args(["audit", "show", "--kind", "erasure", "--user", "alice", "--state-dir"])
+            .arg(state.join(region))
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && shown.lines().count() >= 2, "{region}: {shown}");
+        if region == "us-east-1" {
+            continue;
         }
         // The orders source may be named in the audit trail (a refused transfer), never
         // anywhere else: no journal segment or index holds its records.

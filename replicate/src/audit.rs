@@ -1,4 +1,17 @@
-//! [`AuditLog`]: the hash-chained, append-only trail of cross-region transfers.
+//! [`AuditLog`]: the hash-chained, append-only trail of cross-region transfers, user-data
+//! messages between regions and erasures.
+//!
+//! # Kinds of entry
+//! One chain holds every kind ([`EntryKind`]):
+//! ```text
+//! transfer       {"index","time_ns","src","first_seq","last_seq","count","bytes","from","to",
+//!                 "class","dir","decision"[,"reason"],"prev_hash","hash"}       (no "kind")
+//! user_transfer  {"index","time_ns","kind":"user_transfer","event":{UserDataRecord},"prev_hash","hash"}
+//! erasure        {"index","time_ns","kind":"erasure","event":{UserDataRecord},"prev_hash","hash"}
+//! ```
+//! Transfers keep the format they had before kinds existed (a line without `kind` is a
+//! transfer), so logs written by older nodes verify unchanged and continue. User-data
+//! entries name the user only by [`user_pseudonym`].
 //!
 //! # On disk
 //! ```text
@@ -9,8 +22,8 @@
 //! # The chain
 //! Each entry carries `prev_hash` (the previous entry's `hash`; 64 zeros for index 0) and
 //! `hash = SHA-256(prev_hash as 32 raw bytes || canonical bytes)`, where the canonical bytes
-//! are the entry's compact JSON without the `hash` field, fields in the order of
-//! [`AuditEntry`]. Like a transparency log, an entry commits to every entry before it: an
+//! are the entry's line (above) as compact JSON without the `hash` field, fields in the
+//! order shown. Like a transparency log, an entry commits to every entry before it: an
 //! edited entry no longer matches its hash, a removed, inserted or moved one breaks the
 //! `index` sequence or the `prev_hash` link. The `head` file anchors the newest hash, so
 //! cutting entries off the tail (which leaves a valid shorter chain) is detected too.
@@ -54,15 +67,106 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const CHANNEL: usize = 65_536;
 const BATCH: usize = 4_096;
 
-/// One line of the audit log.
+/// What an entry records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Records of a source moved (or were refused) between regions: the mesh's entries.
+    /// Lines without a `kind` field (every line written before kinds existed) are transfers.
+    #[default]
+    Transfer,
+    /// A user-data message crossed a region boundary over the mesh (a view request and its
+    /// answer, a write-back, a cache drop): what it carried, between which regions, and
+    /// the residency decision.
+    UserTransfer,
+    /// A user's personal data was erased (`forget`): at home, or a cached view elsewhere.
+    Erasure,
+}
+
+impl EntryKind {
+    /// The kind's name as written in the log and accepted by filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Transfer => "transfer",
+            EntryKind::UserTransfer => "user_transfer",
+            EntryKind::Erasure => "erasure",
+        }
+    }
+
+    fn is_transfer(&self) -> bool {
+        *self == EntryKind::Transfer
+    }
+}
+
+/// A user-data event (kinds [`EntryKind::UserTransfer`] and [`EntryKind::Erasure`]).
+///
+/// The user is named only by a pseudonym ([`user_pseudonym`]): the audit trail of every
+/// region may hold it, and it must not become a way to keep a forgotten user's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct UserDataRecord {
+    /// What happened: `view_request`, `view`, `write_back`, `drop_cache` (transfers);
+    /// `forget`, `forget_cached` (erasures).
+    pub op: String,
+    /// The user's pseudonym ([`user_pseudonym`]), never the id or a personal field.
+    pub user: String,
+    /// The user's home region.
+    pub home: String,
+    /// Region the data (or the erasure request) came from.
+    pub from: String,
+    /// Region it went to (for an erasure: the region where data was erased).
+    pub to: String,
+    /// Which side wrote this entry.
+    pub dir: Direction,
+    /// `pii` when the message carried personal fields, `market_data` for the PII-free view
+    /// and for messages that carry no user fields at all.
+    pub class: DataClass,
+    /// The fields carried, or erased (names only, never values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// For an erasure at home: every region told to drop its cached view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Who asked (the token subject of the operator), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// `allow` or `deny` (the residency decision for transfers; `allow` for erasures).
+    pub decision: String,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What came of it (`erased`, `nothing stored`, `failed: ...`, `sent`).
+    pub outcome: String,
+    /// Payload bytes moved (0 for erasures).
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// The pseudonym the audit trail uses for a user id: `u:` and the first 128 bits of
+/// SHA-256 over a fixed label and the id, in hex. Stable (so an operator can find a user's
+/// entries by computing it), not the id itself.
+pub fn user_pseudonym(id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tickmesh-audit-user\0");
+    h.update(id.as_bytes());
+    format!("u:{}", hex(&h.finalize()[..16]))
+}
+
+/// One line of the audit log.
+///
+/// A transfer line has the transfer fields below and no `kind`; other kinds are written as
+/// `{"index","time_ns","kind","event":{...},"prev_hash","hash"}`. In memory, entries of
+/// other kinds mirror their event's `from`, `to`, `class`, `dir` and `decision` into the
+/// fields of the same name (and leave `src` empty), so one filter serves every kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     /// Position in the chain, from 0, without gaps.
     pub index: u64,
     /// When the transfer was recorded (ns since the Unix epoch).
     pub time_ns: u64,
-    /// Source id.
+    /// What the entry records.
+    pub kind: EntryKind,
+    /// Source id (empty for entries that are not transfers).
     pub src: String,
     /// First `seq` moved (0 for a refused attempt).
     pub first_seq: u64,
@@ -83,32 +187,149 @@ pub struct AuditEntry {
     /// `allow` or `deny`.
     pub decision: String,
     /// Why a transfer was refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The user-data event, for kinds other than transfers.
+    pub event: Option<UserDataRecord>,
     /// The previous entry's hash (hex).
     pub prev_hash: String,
     /// SHA-256 of `prev_hash` and this entry's canonical bytes (hex).
     pub hash: String,
 }
 
-/// The entry without its hash, in field order: what the hash covers.
-#[derive(Serialize)]
-struct Canonical<'a> {
+/// A transfer's line, fields in the order the hash covers (the original format).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferLine<'a> {
     index: u64,
     time_ns: u64,
-    src: &'a str,
+    src: std::borrow::Cow<'a, str>,
     first_seq: u64,
     last_seq: u64,
     count: u64,
     bytes: u64,
-    from: &'a str,
-    to: &'a str,
+    from: std::borrow::Cow<'a, str>,
+    to: std::borrow::Cow<'a, str>,
     class: DataClass,
     dir: Direction,
-    decision: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    prev_hash: &'a str,
+    decision: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<std::borrow::Cow<'a, str>>,
+    prev_hash: std::borrow::Cow<'a, str>,
+    /// Absent in the canonical bytes.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    hash: std::borrow::Cow<'a, str>,
+}
+
+/// Any other kind's line.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine<'a> {
+    index: u64,
+    time_ns: u64,
+    kind: EntryKind,
+    event: std::borrow::Cow<'a, UserDataRecord>,
+    prev_hash: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    hash: std::borrow::Cow<'a, str>,
+}
+
+impl AuditEntry {
+    fn line_json(&self, with_hash: bool) -> Vec<u8> {
+        use std::borrow::Cow;
+        let hash = if with_hash { Cow::Borrowed(self.hash.as_str()) } else { Cow::Borrowed("") };
+        // Plain strings and integers: serialization cannot fail.
+        match (&self.event, self.kind) {
+            (Some(ev), kind) if !kind.is_transfer() => serde_json::to_vec(&EventLine {
+                index: self.index,
+                time_ns: self.time_ns,
+                kind,
+                event: Cow::Borrowed(ev),
+                prev_hash: Cow::Borrowed(&self.prev_hash),
+                hash,
+            }),
+            _ => serde_json::to_vec(&TransferLine {
+                index: self.index,
+                time_ns: self.time_ns,
+                src: Cow::Borrowed(&self.src),
+                first_seq: self.first_seq,
+                last_seq: self.last_seq,
+                count: self.count,
+                bytes: self.bytes,
+                from: Cow::Borrowed(&self.from),
+                to: Cow::Borrowed(&self.to),
+                class: self.class,
+                dir: self.dir,
+                decision: Cow::Borrowed(&self.decision),
+                reason: self.reason.as_deref().map(Cow::Borrowed),
+                prev_hash: Cow::Borrowed(&self.prev_hash),
+                hash,
+            }),
+        }
+        .unwrap_or_default()
+    }
+}
+
+impl Serialize for AuditEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v: serde_json::Value = serde_json::from_slice(&self.line_json(true)).map_err(serde::ser::Error::custom)?;
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.get("kind").is_some_and(|k| k != "transfer") {
+            let l: EventLine<'static> = serde_json::from_value(v).map_err(D::Error::custom)?;
+            let ev = l.event.into_owned();
+            Ok(AuditEntry {
+                index: l.index,
+                time_ns: l.time_ns,
+                kind: l.kind,
+                src: String::new(),
+                first_seq: 0,
+                last_seq: 0,
+                count: 0,
+                bytes: ev.bytes,
+                from: ev.from.clone(),
+                to: ev.to.clone(),
+                class: ev.class,
+                dir: ev.dir,
+                decision: ev.decision.clone(),
+                reason: ev.reason.clone(),
+                event: Some(ev),
+                prev_hash: l.prev_hash.into_owned(),
+                hash: l.hash.into_owned(),
+            })
+        } else {
+            if v.get("kind").is_some() {
+                return Err(D::Error::custom(
+                    "a transfer line carries no kind field (kind \"transfer\" is implied by its absence)",
+                ));
+            }
+            let l: TransferLine<'static> = serde_json::from_value(v).map_err(D::Error::custom)?;
+            Ok(AuditEntry {
+                index: l.index,
+                time_ns: l.time_ns,
+                kind: EntryKind::Transfer,
+                src: l.src.into_owned(),
+                first_seq: l.first_seq,
+                last_seq: l.last_seq,
+                count: l.count,
+                bytes: l.bytes,
+                from: l.from.into_owned(),
+                to: l.to.into_owned(),
+                class: l.class,
+                dir: l.dir,
+                decision: l.decision.into_owned(),
+                reason: l.reason.map(|r| r.into_owned()),
+                event: None,
+                prev_hash: l.prev_hash.into_owned(),
+                hash: l.hash.into_owned(),
+            })
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -144,6 +365,7 @@ impl AuditEntry {
         let mut e = AuditEntry {
             index,
             time_ns,
+            kind: EntryKind::Transfer,
             src: t.src.clone(),
             first_seq: t.first_seq,
             last_seq: t.last_seq,
@@ -155,6 +377,7 @@ impl AuditEntry {
             dir: t.dir,
             decision,
             reason,
+            event: None,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
@@ -162,26 +385,34 @@ impl AuditEntry {
         e
     }
 
-    /// The bytes the hash covers.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        let c = Canonical {
-            index: self.index,
-            time_ns: self.time_ns,
-            src: &self.src,
-            first_seq: self.first_seq,
-            last_seq: self.last_seq,
-            count: self.count,
-            bytes: self.bytes,
-            from: &self.from,
-            to: &self.to,
-            class: self.class,
-            dir: self.dir,
-            decision: &self.decision,
-            reason: self.reason.as_deref(),
-            prev_hash: &self.prev_hash,
+    /// Builds entry `index` of `kind` (not [`EntryKind::Transfer`]) for a user-data event.
+    pub fn new_event(index: u64, time_ns: u64, kind: EntryKind, ev: &UserDataRecord, prev_hash: &str) -> AuditEntry {
+        let mut e = AuditEntry {
+            index,
+            time_ns,
+            kind,
+            src: String::new(),
+            first_seq: 0,
+            last_seq: 0,
+            count: 0,
+            bytes: ev.bytes,
+            from: ev.from.clone(),
+            to: ev.to.clone(),
+            class: ev.class,
+            dir: ev.dir,
+            decision: ev.decision.clone(),
+            reason: ev.reason.clone(),
+            event: Some(ev.clone()),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
         };
-        // Serializing plain strings and integers cannot fail.
-        serde_json::to_vec(&c).unwrap_or_default()
+        e.hash = e.compute_hash();
+        e
+    }
+
+    /// The bytes the hash covers: the line's compact JSON without `hash`.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.line_json(false)
     }
 
     /// SHA-256 over the previous hash (raw bytes; the hex text when it is not valid hex)
@@ -196,7 +427,8 @@ impl AuditEntry {
         hex(&h.finalize())
     }
 
-    /// The transfer this entry records.
+    /// The transfer this entry records (for entries of other kinds: their regions, class
+    /// and decision, with no source).
     pub fn transfer(&self) -> Transfer {
         Transfer {
             src: self.src.clone(),
@@ -274,6 +506,10 @@ append to a broken chain)";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditFilter {
+    /// Kind of entry (`transfer`, `user_transfer`, `erasure`).
+    pub kind: Option<EntryKind>,
+    /// User pseudonym ([`user_pseudonym`]) of user-data entries.
+    pub user: Option<String>,
     /// Source id.
     pub src: Option<String>,
     /// Sending region.
@@ -323,7 +559,9 @@ impl AuditFilter {
 
     /// Whether `e` passes the filter.
     pub fn matches(&self, e: &AuditEntry) -> bool {
-        self.src.as_ref().is_none_or(|s| *s == e.src)
+        self.kind.is_none_or(|k| k == e.kind)
+            && self.user.as_ref().is_none_or(|u| e.event.as_ref().is_some_and(|ev| ev.user == *u))
+            && self.src.as_ref().is_none_or(|s| *s == e.src)
             && self.from.as_ref().is_none_or(|s| *s == e.from)
             && self.to.as_ref().is_none_or(|s| *s == e.to)
             && self.class.is_none_or(|c| c == e.class)
@@ -347,6 +585,7 @@ pub struct AuditPage {
 
 enum Msg {
     Entry(u64, Box<Transfer>),
+    Event(u64, EntryKind, Box<UserDataRecord>),
     Flush(Sender<()>),
 }
 
@@ -615,8 +854,18 @@ fn good_length(file: &mut File) -> std::io::Result<u64> {
 
 impl TransferAudit for AuditLog {
     fn record(&self, t: Transfer) {
+        self.send(Msg::Entry(tickmesh_codec::now_ns(), Box::new(t)));
+    }
+
+    fn record_user_data(&self, kind: EntryKind, ev: UserDataRecord) {
+        self.send(Msg::Event(tickmesh_codec::now_ns(), kind, Box::new(ev)));
+    }
+}
+
+impl AuditLog {
+    /// Hands an entry to the writer; waits (never drops) when the channel is full.
+    fn send(&self, msg: Msg) {
         let Some(tx) = &self.tx else { return };
-        let msg = Msg::Entry(tickmesh_codec::now_ns(), Box::new(t));
         match tx.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(msg)) => {
@@ -677,13 +926,19 @@ impl Writer {
                 match msg {
                     Msg::Entry(time_ns, t) => {
                         let e = AuditEntry::new(self.next_index, time_ns, &t, &self.prev_hash);
-                        // Plain strings and integers: serialization cannot fail.
-                        if serde_json::to_writer(&mut buf, &e).is_ok() {
-                            buf.push(b'\n');
-                            self.next_index += 1;
-                            self.prev_hash = e.hash;
-                            n += 1;
-                        }
+                        buf.extend_from_slice(&e.line_json(true));
+                        buf.push(b'\n');
+                        self.next_index += 1;
+                        self.prev_hash = e.hash;
+                        n += 1;
+                    }
+                    Msg::Event(time_ns, kind, ev) => {
+                        let e = AuditEntry::new_event(self.next_index, time_ns, kind, &ev, &self.prev_hash);
+                        buf.extend_from_slice(&e.line_json(true));
+                        buf.push(b'\n');
+                        self.next_index += 1;
+                        self.prev_hash = e.hash;
+                        n += 1;
                     }
                     Msg::Flush(ack) => acks.push(ack),
                 }

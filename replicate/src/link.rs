@@ -22,6 +22,9 @@
 //!   after `after_seq`, from the store, then live.
 //! * `UNSUBSCRIBE`: stop serving this stream.
 //! * `REFUSED` (JSON [`Refused`]): the server will not serve this source and why.
+//! * `USER_REQUEST` / `USER_RESPONSE` (0x40 / 0x41): not part of this state machine; a
+//!   stream opened with one is a user-data request, answered by the driver
+//!   ([`crate::peer_request`]) and never handed to the core.
 //! * `BATCH` (binary): `u8` source length, source, `u64` `sent_ns` (sender's clock), then
 //!   codec frames (length-prefixed records), up to about 64 KiB per batch.
 //!

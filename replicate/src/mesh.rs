@@ -8,6 +8,10 @@
 //! stream feeding `Data` events through a bounded channel (so a slow core pushes back on
 //! QUIC flow control instead of buffering without bound).
 //!
+//! User-data requests ([`crate::peer_request`]) ride the same connections on their own
+//! streams: an accepted stream whose first message is a `USER_REQUEST` is answered by the
+//! registered [`UserRequestHandler`] and never reaches the core.
+//!
 //! Pull, not push: a node subscribes to each source *after the `seq` it already holds*,
 //! and the upstream serves from its store. Catch-up after a restart, a new region's
 //! backfill and the live stream are the same code path.
@@ -22,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, MeshCore, Role, SourceView, StreamId};
+use crate::peer_request::{self, Channel, RequestError, UserMessage, UserRequestHandler};
 use crate::store::RecordStore;
 use crate::tls::Credentials;
 use crate::transfer::{TransferAudit, TransferPolicy};
@@ -160,6 +165,21 @@ pub type Inbound = Arc<dyn Fn(Bytes) + Send + Sync>;
 enum Command {
     AddPeer(PeerConfig),
     RemovePeer(String),
+    UserRequest(Box<UserRequestCmd>),
+}
+
+/// A user-data request waiting for a connection to its peer.
+struct UserRequestCmd {
+    peer: String,
+    msg: UserMessage,
+    timeout: Duration,
+    reply: std::sync::mpsc::Sender<std::result::Result<UserMessage, RequestError>>,
+}
+
+impl std::fmt::Debug for UserRequestCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRequestCmd").field("peer", &self.peer).field("op", &self.msg.op).finish_non_exhaustive()
+    }
 }
 
 /// A running mesh.
@@ -170,12 +190,33 @@ pub struct Mesh {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     cmds: mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
+    users: Arc<Channel>,
 }
 
 /// Changes the peers of a running mesh; see [`Mesh::handle`].
 #[derive(Debug, Clone)]
 pub struct MeshHandle {
     cmds: mpsc::UnboundedSender<Command>,
+}
+
+impl MeshHandle {
+    /// Sends a user-data request to `peer` over the mesh and waits (blocking: call it from
+    /// a blocking thread) for the answer, at most `timeout`. The residency policy is asked
+    /// on both sides, for the request and the answer, and every message is audited.
+    pub fn user_request(
+        &self,
+        peer: &str,
+        msg: UserMessage,
+        timeout: Duration,
+    ) -> std::result::Result<UserMessage, RequestError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = UserRequestCmd { peer: peer.to_owned(), msg, timeout, reply: tx };
+        self.cmds.send(Command::UserRequest(Box::new(cmd))).map_err(|_| RequestError::Stopped)?;
+        rx.recv_timeout(timeout + Duration::from_secs(1)).map_err(|_| RequestError::Failed {
+            region: peer.to_owned(),
+            reason: format!("no answer within {} ms", timeout.as_millis()),
+        })?
+    }
 }
 
 impl MeshHandle {
@@ -237,6 +278,13 @@ impl Mesh {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let st = status.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let users = Arc::new(Channel {
+            region: p.region.clone(),
+            policy: p.policy.clone(),
+            audit: p.audit.clone(),
+            handler: std::sync::RwLock::new(None),
+        });
+        let ch = users.clone();
         let thread = std::thread::Builder::new()
             .name("replicate-io".into())
             .spawn(move || {
@@ -264,7 +312,7 @@ impl Mesh {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    Driver::new(endpoint.clone(), p, st).run(stop_rx, cmd_rx).await;
+                    Driver::new(endpoint.clone(), p, st, ch).run(stop_rx, cmd_rx).await;
                     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
                     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
                 });
@@ -275,7 +323,7 @@ impl Mesh {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Error::Tls("replicate-io thread ended during start-up".into())),
         }
-        Ok(Mesh { status, local_addr, stop: Some(stop_tx), cmds: cmd_tx, thread: Some(thread) })
+        Ok(Mesh { status, local_addr, stop: Some(stop_tx), cmds: cmd_tx, thread: Some(thread), users })
     }
 
     /// Link status.
@@ -304,6 +352,12 @@ impl Mesh {
         MeshHandle { cmds: self.cmds.clone() }
     }
 
+    /// Registers what answers peers' user-data requests (replacing any earlier handler).
+    /// Until one is registered, requests are answered with an error naming this region.
+    pub fn set_user_handler(&self, h: Arc<dyn UserRequestHandler>) {
+        *self.users.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(h);
+    }
+
     /// Closes every connection and joins the thread.
     pub fn shutdown(mut self) {
         self.stop_now();
@@ -328,10 +382,24 @@ impl Drop for Mesh {
 /// What I/O tasks tell the driver task.
 enum Msg {
     Core(Event),
-    Dialed { peer: String, conn: quinn::Connection },
-    DialFailed { peer: String, error: String },
+    Dialed {
+        peer: String,
+        conn: quinn::Connection,
+    },
+    DialFailed {
+        peer: String,
+        error: String,
+    },
     Accepted(quinn::Connection),
-    AcceptedStream { conn: ConnId, stream: StreamId, send: quinn::SendStream, recv: quinn::RecvStream },
+    /// A stream the peer opened for the record protocol; `prefix` is what was read from it
+    /// to tell it from a user-data request.
+    AcceptedStream {
+        conn: ConnId,
+        stream: StreamId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        prefix: Bytes,
+    },
 }
 
 enum Write {
@@ -357,6 +425,8 @@ struct Driver {
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     last_export: std::time::Instant,
+    /// The user-data request channel.
+    users: Arc<Channel>,
 }
 
 fn now_ns() -> u64 {
@@ -364,7 +434,7 @@ fn now_ns() -> u64 {
 }
 
 impl Driver {
-    fn new(endpoint: quinn::Endpoint, p: MeshParams, status: Arc<MeshStatus>) -> Driver {
+    fn new(endpoint: quinn::Endpoint, p: MeshParams, status: Arc<MeshStatus>, users: Arc<Channel>) -> Driver {
         let mut addrs = BTreeMap::new();
         let mut allowed = BTreeSet::new();
         allowed.insert(p.region.clone());
@@ -399,6 +469,7 @@ impl Driver {
             tx,
             rx,
             last_export: std::time::Instant::now(),
+            users,
         }
     }
 
@@ -458,7 +529,26 @@ impl Driver {
                 }
                 self.event(Event::RemovePeer(r));
             }
+            Command::UserRequest(cmd) => self.user_request(*cmd),
         }
+    }
+
+    /// Sends a user-data request on a connection to its peer (the one we dialed when there
+    /// is one), in its own task.
+    fn user_request(&mut self, cmd: UserRequestCmd) {
+        let mut conns: Vec<(ConnId, &quinn::Connection)> =
+            self.conns.iter().filter(|(_, (_, p))| *p == cmd.peer).map(|(id, (c, _))| (*id, c)).collect();
+        // Lowest id first: the longest-lived connection.
+        conns.sort_by_key(|(id, _)| *id);
+        let Some((_, conn)) = conns.first() else {
+            let _ = cmd.reply.send(Err(RequestError::NotConnected(cmd.peer)));
+            return;
+        };
+        let (conn, ch) = ((*conn).clone(), self.users.clone());
+        tokio::spawn(async move {
+            let r = peer_request::send_request(ch, conn, cmd.peer, cmd.msg, cmd.timeout).await;
+            let _ = cmd.reply.send(r);
+        });
     }
 
     fn msg(&mut self, msg: Msg) {
@@ -494,12 +584,18 @@ impl Driver {
                 let id = self.register(conn, region.clone());
                 self.event(Event::Connected { conn: id, peer: region, dir: ConnDir::Accepted });
             }
-            Msg::AcceptedStream { conn, stream, send, recv } => {
+            Msg::AcceptedStream { conn, stream, send, recv, prefix } => {
                 if !self.conns.contains_key(&conn) {
                     return;
                 }
                 let w = spawn_writer(conn, stream, self.tx.clone(), async move { Ok(send) });
                 self.writers.insert((conn, stream), w);
+                // The bytes read to classify the stream go to the core before any the
+                // reader task reads (this task handles both in order), once the writer
+                // is in place for the core's answer.
+                if !prefix.is_empty() {
+                    self.event(Event::Data { conn, stream, bytes: prefix });
+                }
                 spawn_reader(conn, stream, recv, self.tx.clone());
             }
         }
@@ -509,8 +605,9 @@ impl Driver {
     fn register(&mut self, conn: quinn::Connection, peer: String) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, (conn.clone(), peer));
+        self.conns.insert(id, (conn.clone(), peer.clone()));
         let tx = self.tx.clone();
+        let users = self.users.clone();
         tokio::spawn(async move {
             let mut next: StreamId = 1;
             loop {
@@ -518,9 +615,7 @@ impl Driver {
                     Ok((send, recv)) => {
                         let stream = next;
                         next += 2;
-                        if tx.send(Msg::AcceptedStream { conn: id, stream, send, recv }).await.is_err() {
-                            return;
-                        }
+                        tokio::spawn(classify_stream(id, stream, send, recv, tx.clone(), users.clone(), peer.clone()));
                     }
                     Err(_) => {
                         let _ = tx.send(Msg::Core(Event::Closed { conn: id })).await;
@@ -679,6 +774,35 @@ async fn dial(endpoint: &quinn::Endpoint, addr: &str, peer: &str) -> std::result
         .ok_or_else(|| format!("mesh address {addr:?} of {peer} resolved to no address"))?;
     let connecting = endpoint.connect(sock, peer).map_err(|e| format!("connect to {peer} at {addr}: {e}"))?;
     connecting.await.map_err(|e| format!("handshake with {peer} at {addr}: {e}"))
+}
+
+/// Reads an accepted stream's first message header: a user-data request is answered here;
+/// any other stream goes to the driver (and the core) with the bytes read so far.
+async fn classify_stream(
+    conn: ConnId,
+    stream: StreamId,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Msg>,
+    users: Arc<Channel>,
+    peer: String,
+) {
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        match recv.read(&mut head[got..]).await {
+            Ok(Some(n)) => got += n,
+            // Ended or reset before a header: hand what there is to the core, which
+            // treats a short stream like any other.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if got == head.len() && head[4] == peer_request::USER_REQUEST {
+        peer_request::serve_request(users, peer, head, send, recv).await;
+        return;
+    }
+    let prefix = Bytes::copy_from_slice(&head[..got]);
+    let _ = tx.send(Msg::AcceptedStream { conn, stream, send, recv, prefix }).await;
 }
 
 /// A stream's writer: writes in order, acknowledges batches once quinn took them.

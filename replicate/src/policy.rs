@@ -252,6 +252,40 @@ impl TransferPolicy for ResidencyPolicy {
         self.class_of_str(src.as_str())
     }
 
+    /// User-data messages: personal data may always return to its home region (that is
+    /// where it lives); otherwise, like a source of the message's class, the class's
+    /// `allow` and `deny` lists decide (so PII goes nowhere else unless allow-listed, and
+    /// the PII-free view goes where market data goes).
+    fn check_user_data(&self, class: DataClass, home: &str, from: &str, to: &str, dir: Direction) -> Decision {
+        if from == to {
+            return Decision::Allow;
+        }
+        let rule = self.rule(class);
+        let c = class.as_str();
+        let side = match dir {
+            Direction::Send => "sender",
+            Direction::Receive => "receiver",
+        };
+        if rule.deny.iter().any(|r| r == to) {
+            return Decision::Deny(format!(
+                "user data of class {c} (home {home}) may not move to {to}: residency.{c}.deny of the {side} lists it"
+            ));
+        }
+        let allowed = to == home
+            || match (&rule.allow, class) {
+                (Some(list), _) => list.iter().any(|r| r == to),
+                (None, DataClass::MarketData) => true,
+                (None, _) => false,
+            };
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!(
+                "user data of class {c} is homed in {home} and stays there unless residency.{c}.allow of the {side} lists the destination; it may not move from {from} to {to}"
+            ))
+        }
+    }
+
     fn check(&self, src: &SourceId, from: &str, to: &str, dir: Direction) -> Decision {
         self.check_str(src.as_str(), from, to, dir)
     }
@@ -260,6 +294,30 @@ impl TransferPolicy for ResidencyPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_data_goes_home_and_the_view_goes_where_market_data_goes() {
+        let mut c = ResidencyConfig::regions_md();
+        c.market_data.deny = vec!["cn-north-1".into()];
+        let p = ResidencyPolicy::new(&c);
+        let ok = |class, from, to| p.check_user_data(class, "us-east-1", from, to, Direction::Send).is_allowed();
+        assert!(ok(DataClass::Pii, "eu-west-1", "us-east-1"), "personal data returns home");
+        assert!(!ok(DataClass::Pii, "us-east-1", "eu-west-1"), "and goes nowhere else");
+        assert!(!ok(DataClass::Pii, "eu-west-1", "ap-southeast-1"));
+        assert!(ok(DataClass::Pii, "us-east-1", "us-east-1"));
+        assert!(ok(DataClass::MarketData, "us-east-1", "eu-west-1"), "the PII-free view travels");
+        assert!(!ok(DataClass::MarketData, "us-east-1", "cn-north-1"), "unless denied like market data");
+        let Decision::Deny(why) =
+            p.check_user_data(DataClass::Pii, "us-east-1", "us-east-1", "eu-west-1", Direction::Receive)
+        else {
+            panic!("allowed")
+        };
+        assert!(why.contains("residency.pii.allow of the receiver"), "{why}");
+        // An allow-list entry lets it go there too.
+        c.pii.allow = Some(vec!["eu-west-1".into()]);
+        let p = ResidencyPolicy::new(&c);
+        assert!(p.check_user_data(DataClass::Pii, "us-east-1", "us-east-1", "eu-west-1", Direction::Send).is_allowed());
+    }
 
     fn cfg(text: &str) -> ResidencyConfig {
         toml::from_str(text).unwrap()

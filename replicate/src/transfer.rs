@@ -67,6 +67,21 @@ pub trait TransferPolicy: Send + Sync + 'static {
     /// sender or the receiver is asking; both ask, so one misconfigured side is not enough
     /// for data to leave its region.
     fn check(&self, src: &SourceId, from: &str, to: &str, dir: Direction) -> Decision;
+
+    /// May a user-data message of class `class` about a user homed in `home` move from
+    /// `from` to `to` (over the mesh's request channel, [`crate::peer_request`])? The
+    /// default: personal data only toward its home region (or within a region), anything
+    /// else everywhere. [`crate::ResidencyPolicy`] applies its configured rules too.
+    fn check_user_data(&self, class: DataClass, home: &str, from: &str, to: &str, _dir: Direction) -> Decision {
+        if class == DataClass::MarketData || from == to || to == home {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!(
+                "user data of class {} homed in {home} may move only toward {home}, not from {from} to {to}",
+                class.as_str()
+            ))
+        }
+    }
 }
 
 /// One cross-region transfer (or refused attempt), as written to the audit trail.
@@ -99,6 +114,11 @@ pub struct Transfer {
 pub trait TransferAudit: Send + Sync + 'static {
     /// Records one transfer.
     fn record(&self, t: Transfer);
+
+    /// Records a user-data event (a user-data message between regions, an erasure) in the
+    /// same trail. The default discards it: only for audits that keep no trail
+    /// ([`NoAudit`]); [`crate::AuditLog`] writes it to its hash chain.
+    fn record_user_data(&self, _kind: crate::audit::EntryKind, _ev: crate::audit::UserDataRecord) {}
 }
 
 /// Allows everything and classes every source as market data: for tests and single-region

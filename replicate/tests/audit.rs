@@ -334,3 +334,77 @@ proptest! {
         prop_assert_eq!(b.unwrap().index, want, "{:?}", t);
     }
 }
+
+fn erasure(user: &str, to: &str) -> tickmesh_replicate::UserDataRecord {
+    tickmesh_replicate::UserDataRecord {
+        op: "forget".into(),
+        user: tickmesh_replicate::user_pseudonym(user),
+        home: "us-east-1".into(),
+        from: "us-east-1".into(),
+        to: to.into(),
+        dir: Direction::Send,
+        class: DataClass::Pii,
+        fields: vec!["name".into(), "email".into()],
+        regions: vec!["eu-west-1".into(), "ap-southeast-1".into()],
+        operator: Some("ops".into()),
+        decision: "allow".into(),
+        reason: None,
+        outcome: "erased".into(),
+        bytes: 0,
+    }
+}
+
+/// A log written before entries had kinds (a line typed by hand in that format, its hash
+/// computed here independently) still verifies, and erasures continue the same chain.
+#[test]
+fn lines_without_kind_are_transfers_and_erasures_join_the_chain() {
+    use sha2::{Digest, Sha256};
+    use tickmesh_replicate::EntryKind;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let canonical = r#"{"index":0,"time_ns":1700000000000000000,"src":"SYN.S0","first_seq":1,"last_seq":10,"count":10,"bytes":960,"from":"eu-west-1","to":"us-east-1","class":"market_data","dir":"send","decision":"allow","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update(canonical.as_bytes());
+    let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let line = format!("{},\"hash\":\"{hash}\"}}", &canonical[..canonical.len() - 1]);
+    write_lines(&path, std::slice::from_ref(&line));
+    std::fs::write(dir.path().join(HEAD_FILE), format!("{{\"index\":0,\"hash\":\"{hash}\"}}")).unwrap();
+    assert!(AuditLog::verify(&path).unwrap().is_intact(), "an old-format line verifies");
+    let e: AuditEntry = serde_json::from_str(&line).unwrap();
+    assert_eq!((e.kind, e.src.as_str(), e.count), (EntryKind::Transfer, "SYN.S0", 10));
+    assert_eq!(serde_json::to_string(&e).unwrap(), line, "a transfer is written back byte for byte");
+
+    let log = AuditLog::open(dir.path()).unwrap();
+    log.record_user_data(EntryKind::Erasure, erasure("alice", "us-east-1"));
+    log.record(transfer(1));
+    log.record_user_data(EntryKind::Erasure, erasure("bob", "us-east-1"));
+    log.flush();
+    let r = AuditLog::verify(&path).unwrap();
+    assert!(r.is_intact() && r.entries == 4, "{r:?}");
+    let l = lines(&path);
+    assert!(l[1].contains("\"kind\":\"erasure\"") && !l[1].contains("alice"), "pseudonym only: {}", l[1]);
+    assert!(!l[2].contains("\"kind\""), "transfers keep the old format: {}", l[2]);
+
+    let q = |f: AuditFilter| log.query(&f).unwrap().entries;
+    let er = q(AuditFilter { kind: Some(EntryKind::Erasure), ..Default::default() });
+    assert_eq!(er.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(er[0].event.as_ref().unwrap().fields, ["name", "email"]);
+    let tr = q(AuditFilter { kind: Some(EntryKind::Transfer), ..Default::default() });
+    assert_eq!(tr.iter().map(|e| e.index).collect::<Vec<_>>(), [0, 2]);
+    let bob = q(AuditFilter { user: Some(tickmesh_replicate::user_pseudonym("bob")), ..Default::default() });
+    assert_eq!(bob.iter().map(|e| e.index).collect::<Vec<_>>(), [3]);
+    drop(log);
+
+    // An edited erasure (its outcome rewritten) breaks the chain at its index.
+    let mut l = lines(&path);
+    l[1] = l[1].replace("\"outcome\":\"erased\"", "\"outcome\":\"nothing stored\"");
+    write_lines(&path, &l);
+    let (at, why) = broken(&path);
+    assert_eq!(at, 1, "{why}");
+    // A transfer line that claims a kind is not a valid entry.
+    let mut l = lines(&path);
+    l[1] = l[0].replacen("{\"index\":0", "{\"kind\":\"transfer\",\"index\":0", 1);
+    write_lines(&path, &l);
+    assert_eq!(broken(&path).0, 1);
+}

@@ -1,4 +1,5 @@
-//! `tickmesh admin drain REGION` / `undrain REGION`: the admin HTTP API from the shell.
+//! `tickmesh admin drain REGION` / `undrain REGION` / `forget-user ID`: the admin HTTP API
+//! from the shell.
 //!
 //! Where to send it: `--url` (any region's HTTP URL; it passes the request on to the named
 //! region), else the region's own `http_url` from `--config NODE.toml` or from a demo's
@@ -121,4 +122,116 @@ fn mint_admin(key: &std::path::Path) -> anyhow::Result<String> {
         roles: vec!["admin".into()],
     };
     Ok(tickmesh_gateway::auth::mint_hs256(&secret, &claims)?)
+}
+
+/// Options of `tickmesh admin forget-user`.
+#[derive(Debug, Clone)]
+pub struct ForgetOptions {
+    /// The user id (the token subject).
+    pub user: String,
+    /// The user's home region: where to send the request (with `--config` / `--state-dir`),
+    /// or where the node at `--url` passes it on to over the mesh.
+    pub home: Option<String>,
+    /// Any region's HTTP URL.
+    pub url: Option<String>,
+    /// A node configuration naming the regions.
+    pub config: Option<PathBuf>,
+    /// A demo's state directory.
+    pub state_dir: Option<PathBuf>,
+    /// Admin token.
+    pub token: Option<String>,
+    /// Print the node's JSON report instead of the summary.
+    pub json: bool,
+}
+
+/// `tickmesh admin forget-user ID`: erases the user's personal data in its home region and
+/// every cached view elsewhere (`POST /v1/admin/users/{id}/forget`), prints what each
+/// region erased, and fails (exit 1) when a region was not reached: running it again is
+/// safe and finishes the job.
+pub fn forget_user(o: ForgetOptions) -> anyhow::Result<()> {
+    let base = match (&o.url, &o.home) {
+        (Some(u), _) => u.trim_end_matches('/').to_owned(),
+        (None, Some(home)) => {
+            if let Some(c) = &o.config {
+                regions_of(&NodeConfig::load(c)?, home, c)?
+            } else if let Some(d) = &o.state_dir {
+                let f = d.join(home).join("node.toml");
+                if !f.exists() {
+                    bail!("{} does not exist; is {} a demo state directory holding region {home}?", f.display(), d.display());
+                }
+                regions_of(&NodeConfig::load(&f)?, home, &f)?
+            } else {
+                bail!("where is the region? give --url http://HOST:PORT, --config NODE.toml or --state-dir DEMO_STATE_DIR")
+            }
+        }
+        (None, None) => bail!(
+            "which region is the user's home? give --home REGION (with --config or --state-dir), or --url of the home region's node"
+        ),
+    };
+    let token = match (&o.token, std::env::var("TICKMESH_ADMIN_TOKEN").ok(), &o.state_dir) {
+        (Some(t), _, _) => t.clone(),
+        (None, Some(t), _) => t,
+        (None, None, Some(d)) => mint_admin(&d.join("pki").join("jwt-hs256.key"))?,
+        (None, None, None) => bail!("no admin token; give --token JWT or set TICKMESH_ADMIN_TOKEN (mint one with `tickmesh token --roles admin`)"),
+    };
+    if o.user.is_empty() || !o.user.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?' && b != b'%') {
+        bail!("user id {:?} must be printable ASCII without '/', '?' or '%'", o.user);
+    }
+    let body = match &o.home {
+        Some(h) => serde_json::json!({ "home": h }),
+        None => serde_json::json!({}),
+    };
+    let url = format!("{base}/v1/admin/users/{}/forget", o.user);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The home region tells every other region in turn; give it time.
+    let (status, text) = rt
+        .block_on(crate::admin_api::http_request(
+            "POST",
+            &url,
+            Some(&token),
+            Some(&body.to_string()),
+            &[],
+            Duration::from_secs(60),
+        ))
+        .map_err(|e| anyhow::anyhow!("POST {url}: {e}; is the node running? check --url / --home"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !(200..300).contains(&status) {
+        let msg = v["message"]
+            .as_str()
+            .or_else(|| v["error"]["message"].as_str())
+            .map(String::from)
+            .unwrap_or_else(|| text.trim().to_owned());
+        let hint = match (status, o.home.is_some()) {
+            (404, false) => "; if the user lives in another region, pass --home REGION",
+            (404, true) => "; nothing was erased (the user is unknown in its home region and no erasure is on record)",
+            (503, _) => "; nothing was erased yet: run the command again once the region is reachable",
+            (401 | 403, _) => "; the token needs role admin",
+            _ => "",
+        };
+        bail!("POST {url} answered {status}: {msg}{hint}");
+    }
+    let report: crate::tiers::userdata::ForgetReport =
+        serde_json::from_value(v).with_context(|| format!("{url} answered something that is not a report: {text}"))?;
+    if o.json {
+        println!("{}", text.trim());
+    } else {
+        let at_home = if report.erased_at_home {
+            format!("personal data erased ({})", report.fields.join(", "))
+        } else {
+            "already erased by an earlier forget".to_owned()
+        };
+        println!("{} (home {}): {at_home}", report.user, report.home);
+        for r in &report.regions {
+            println!("  {}: {}{}", r.region, if r.ok { "" } else { "NOT REACHED: " }, r.outcome);
+        }
+    }
+    if !report.complete {
+        let failed: Vec<&str> = report.regions.iter().filter(|r| !r.ok).map(|r| r.region.as_str()).collect();
+        bail!(
+            "forget of {} is incomplete: {} not reached; run the same command again once reachable (it is idempotent)",
+            report.user,
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -1,13 +1,17 @@
-//! `tickmesh audit verify | show`: check and read a node's audit trail offline.
+//! `tickmesh audit verify | show`: check and read a node's audit trail offline. The trail
+//! holds every kind of entry in one hash chain (transfers, user-data messages, erasures):
+//! `verify` checks them all, `show --kind` picks one.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use tickmesh_replicate::audit::{AuditLog, LOG_FILE};
-use tickmesh_replicate::{AuditFilter, DataClass};
+use tickmesh_replicate::{user_pseudonym, AuditFilter, DataClass, EntryKind};
 
 /// `tickmesh audit ...`.
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AuditCmd {
     /// Check the hash chain and the head anchor; exit 0 when intact, 1 with the first
     /// broken index and the reason otherwise.
@@ -17,6 +21,13 @@ pub enum AuditCmd {
         /// Which log.
         #[command(flatten)]
         which: Which,
+        /// Kind of entry: transfer (records between regions), user_transfer (user-data
+        /// messages over the mesh) or erasure (forget-user).
+        #[arg(long, value_parser = ["transfer", "user_transfer", "erasure"])]
+        kind: Option<String>,
+        /// A user's entries, by user id (matched through its pseudonym; the log never holds the id).
+        #[arg(long)]
+        user: Option<String>,
         /// Source id.
         #[arg(long)]
         src: Option<String>,
@@ -70,9 +81,23 @@ impl Which {
 pub fn run(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Verify(which) => verify(&which.path()),
-        AuditCmd::Show { which, src, from, to, class, decision, since_ns, until_ns, limit } => {
+        AuditCmd::Show { which, kind, user, src, from, to, class, decision, since_ns, until_ns, limit } => {
             let class = class.map(|c| serde_json::from_value::<DataClass>(serde_json::Value::String(c))).transpose()?;
-            let f = AuditFilter { src, from, to, class, decision, since_ns, until_ns, after: None, limit: Some(limit) };
+            let kind = kind.map(|k| serde_json::from_value::<EntryKind>(serde_json::Value::String(k))).transpose()?;
+            let user = user.map(|u| user_pseudonym(&u));
+            let f = AuditFilter {
+                kind,
+                user,
+                src,
+                from,
+                to,
+                class,
+                decision,
+                since_ns,
+                until_ns,
+                after: None,
+                limit: Some(limit),
+            };
             let problems = f.problems();
             if !problems.is_empty() {
                 anyhow::bail!("{}", problems.join("; "));

@@ -1,15 +1,18 @@
-//! The user-data tier over HTTP: the node's `/v1/users` routes, and [`HttpHome`], how a
-//! node reaches another region's.
+//! The user-data tier over HTTP: the node's `/v1/users` routes. Other regions are reached
+//! over the mesh (`userdata::MeshHome`), never over these routes.
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `PUT /v1/users/{id}` | admin | create or replace a user homed in this region |
+//! | `PUT /v1/users/{id}` | admin | create or replace a user (homed elsewhere: passed on to its home over the mesh, no copy kept) |
 //! | `GET /v1/users/{id}` | admin, the user | the full profile (home region only) |
 //! | `GET /v1/users/{id}/view?home=R` | admin, the user | the PII-free view (cached away from home) |
 //! | `PUT /v1/users/{id}/preferences?home=R` | admin, the user | set preferences (written back home) |
 //! | `DELETE /v1/users/{id}` | admin | forget the user: erase at home and every cached view |
-//! | `GET /v1/peer/users/{id}/view` | admin (peer regions) | the view, for another region's cache |
-//! | `DELETE /v1/peer/users/{id}/cache` | admin (peer regions) | drop this region's cached view |
+//! | `POST /v1/admin/users/{id}/forget` | admin | the same; body `{"home": R}` (optional) passes it on to R over the mesh |
+//!
+//! A forget answers 200 with a report (`erased_at_home`, `already_erased`, `fields`, per
+//! region `regions[].ok/outcome`, `complete`); `complete: false` means some region was not
+//! reached: run it again. 404 `unknown_user` when the user was never known here.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,10 +22,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tickmesh_gateway::auth::{Claims, Grant};
+use tickmesh_gateway::auth::Claims;
 
-use super::userdata::{HomeClient, UserProfile, UserTier, UserView};
+use super::userdata::{UserProfile, UserTier};
 use super::TierError;
 
 /// What the routes need.
@@ -39,8 +41,7 @@ pub fn routes(state: Arc<UsersState>) -> Router {
         .route("/v1/users/{id}", put(put_user).get(get_user).delete(forget_user))
         .route("/v1/users/{id}/view", get(get_view))
         .route("/v1/users/{id}/preferences", put(put_prefs))
-        .route("/v1/peer/users/{id}/view", get(peer_view))
-        .route("/v1/peer/users/{id}/cache", axum::routing::delete(peer_drop))
+        .route("/v1/admin/users/{id}/forget", axum::routing::post(admin_forget))
         .with_state(state)
 }
 
@@ -53,6 +54,8 @@ fn tier_error(e: TierError) -> Response {
         TierError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid", m),
         TierError::UnknownUser(_) => error(StatusCode::NOT_FOUND, "unknown_user", e.to_string()),
         TierError::NotHome { .. } => error(StatusCode::CONFLICT, "not_home_region", e.to_string()),
+        TierError::Refused(_) => error(StatusCode::FORBIDDEN, "residency_refused", e.to_string()),
+        TierError::Unreachable { .. } => error(StatusCode::SERVICE_UNAVAILABLE, "region_unreachable", e.to_string()),
         other => error(StatusCode::BAD_GATEWAY, "store", other.to_string()),
     }
 }
@@ -121,7 +124,7 @@ async fn put_user(
         return error(StatusCode::BAD_REQUEST, "invalid", format!("body id {:?} differs from the path's {id:?}", p.id));
     }
     let tier = s.tier.clone();
-    match tokio::task::spawn_blocking(move || tier.put(&p)).await {
+    match tokio::task::spawn_blocking(move || tier.put_anywhere(&p)).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"stored": id}))).into_response(),
         Ok(Err(e)) => tier_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
@@ -192,107 +195,45 @@ async fn put_prefs(
 async fn forget_user(State(s): State<Arc<UsersState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let c = try_resp!(caller(&s, &headers));
     try_resp!(need_admin(&c));
+    forget(s, id, None, c.sub).await
+}
+
+async fn forget(s: Arc<UsersState>, id: String, home: Option<String>, operator: String) -> Response {
     let tier = s.tier.clone();
-    match tokio::task::spawn_blocking(move || tier.forget(&id)).await {
+    match tokio::task::spawn_blocking(move || tier.forget_anywhere(&id, home.as_deref(), Some(&operator))).await {
         Ok(Ok(r)) => Json(r).into_response(),
         Ok(Err(e)) => tier_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PeerQuery {
-    peer: Option<String>,
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForgetBody {
+    #[serde(default)]
+    home: Option<String>,
 }
 
-async fn peer_view(
+/// `POST /v1/admin/users/{id}/forget` (`tickmesh admin forget-user`).
+async fn admin_forget(
     State(s): State<Arc<UsersState>>,
     Path(id): Path<String>,
-    Query(q): Query<PeerQuery>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let c = try_resp!(caller(&s, &headers));
     try_resp!(need_admin(&c));
-    let peer = q.peer.unwrap_or_else(|| "unknown".into());
-    let tier = s.tier.clone();
-    match tokio::task::spawn_blocking(move || tier.view_for_peer(&id, &peer)).await {
-        Ok(Ok(Some(v))) => Json(v).into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "unknown_user", "no such user homed here".into()),
-        Ok(Err(e)) => tier_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-    }
-}
-
-async fn peer_drop(State(s): State<Arc<UsersState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let c = try_resp!(caller(&s, &headers));
-    try_resp!(need_admin(&c));
-    let had = s.tier.drop_cached(&id);
-    Json(json!({"dropped": had})).into_response()
-}
-
-/// Reaches other regions' `/v1/peer/users` routes with an admin token this node mints
-/// (short-lived, with the node's HS256 key).
-pub struct HttpHome {
-    /// This region (sent as `peer`, for the home region's audit trail).
-    pub region: String,
-    /// Region → its HTTP base URL.
-    pub urls: BTreeMap<String, String>,
-    /// The HS256 secret used to mint node-to-node tokens.
-    pub secret: Option<Vec<u8>>,
-}
-
-impl HttpHome {
-    fn call(&self, region: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), TierError> {
-        let url = self.urls.get(region).ok_or_else(|| {
-            TierError::Store(format!("region {region} is not in this node's regions list; add it to [[regions]]"))
-        })?;
-        let secret = self.secret.as_deref().ok_or_else(|| {
-            TierError::Store("no HS256 key to authenticate to other regions; set auth.hs256_key_files".into())
-        })?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let claims = Claims {
-            sub: format!("node:{}", self.region),
-            exp: now + 60,
-            home: None,
-            channels: Grant::List(Vec::new()),
-            symbols: Grant::List(Vec::new()),
-            roles: vec!["admin".into()],
-        };
-        let token = tickmesh_gateway::auth::mint_hs256(secret, &claims).map_err(|e| TierError::Store(e.to_string()))?;
-        let addr = crate::http_get::url_addr(url).map_err(|e| TierError::Store(format!("{region}: {e}")))?;
-        crate::http_get::request(addr, method, path, Some(&token), body, Duration::from_secs(3))
-            .map_err(|e| TierError::Store(format!("{region} ({url}): {e}")))
-    }
-}
-
-impl HomeClient for HttpHome {
-    fn fetch_view(&self, home: &str, id: &str) -> Result<Option<UserView>, TierError> {
-        let (status, body) = self.call(home, "GET", &format!("/v1/peer/users/{id}/view?peer={}", self.region), None)?;
-        match status {
-            200 => serde_json::from_str(&body).map(Some).map_err(|e| TierError::Store(format!("{home}: {e}"))),
-            404 => Ok(None),
-            s => Err(TierError::Store(format!("{home} answered {s}: {body}"))),
+    let b: ForgetBody = if body.is_empty() {
+        ForgetBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(StatusCode::BAD_REQUEST, "invalid", format!("body must be {{\"home\": REGION}} ({e})"))
+            }
         }
-    }
-
-    fn put_preferences(&self, home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError> {
-        let body = serde_json::to_string(prefs).map_err(|e| TierError::Store(e.to_string()))?;
-        let (status, text) = self.call(home, "PUT", &format!("/v1/users/{id}/preferences?home={home}"), Some(&body))?;
-        match status {
-            200 => Ok(()),
-            404 => Err(TierError::UnknownUser(id.to_owned())),
-            s => Err(TierError::Store(format!("{home} answered {s}: {text}"))),
-        }
-    }
-
-    fn drop_cached(&self, region: &str, id: &str) -> Result<(), TierError> {
-        let (status, text) = self.call(region, "DELETE", &format!("/v1/peer/users/{id}/cache"), None)?;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(TierError::Store(format!("{region} answered {status}: {text}")))
-        }
-    }
+    };
+    forget(s, id, b.home, c.sub).await
 }
 
 /// What the trading route needs.

@@ -38,6 +38,17 @@ pub enum TierError {
         here: String,
     },
     /// No such user.
-    #[error("user {0} is not known in this region")]
+    #[error("user {0} is not known in this region (no profile stored and no erasure on record); check the id, and send the request to the user's home region")]
     UnknownUser(String),
+    /// The residency policy refused a user-data message.
+    #[error("refused by the residency policy: {0}")]
+    Refused(String),
+    /// Another region could not be reached over the mesh.
+    #[error("region {region} could not be reached: {reason}")]
+    Unreachable {
+        /// The region.
+        region: String,
+        /// What happened, and what to do.
+        reason: String,
+    },
 }

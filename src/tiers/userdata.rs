@@ -10,6 +10,11 @@
 //! * [`UserTier`] puts it together for one node: reads served from the home store, or from
 //!   the cache, or fetched from the home region; writes from elsewhere are sent back to the
 //!   home region; [`UserTier::forget`] erases a user at home and in every cached view.
+//! * Other regions are reached over the mesh ([`MeshHome`], the mesh's user-data request
+//!   channel): the residency policy checks every message on both sides (personal data
+//!   moves only toward its home region; the view moves like market data) and both audit
+//!   trails record it. Erasures are entries of the same hash-chained trail, naming the
+//!   user only by a pseudonym.
 //!
 //! Data minimization: the profile holds nothing beyond what a feature uses (a display
 //! name and a contact address, the entitlements the gateway checks, preferences the
@@ -21,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::TierError;
+use tickmesh_replicate::{user_pseudonym, DataClass, Direction, EntryKind, UserDataRecord, UserMessage};
 
 /// The `[userdata]` section of a node's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -101,8 +107,10 @@ pub struct UserProfile {
     pub preferences: BTreeMap<String, String>,
 }
 
-/// The fields another region may hold: no personal data.
+/// The fields another region may hold: no personal data. Unknown fields are refused, so
+/// a view carrying anything more is never cached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserView {
     /// The user id.
     pub id: String,
@@ -247,7 +255,13 @@ impl UserStore for RedbStore {
     }
 }
 
-/// The PostgreSQL store: table `tickmesh_users (id text primary key, home text, profile jsonb)`.
+/// The PostgreSQL store: table `tickmesh_users (id text primary key, home text, profile text)`
+/// (the profile as JSON).
+///
+/// Erasure is a `DELETE`: the row is gone for every reader at once. PostgreSQL itself keeps
+/// the dead tuple's bytes until vacuum reuses the page and the WAL until it is recycled
+/// (and archives and base backups as long as they are kept): the region's database
+/// operations own that retention (encrypted storage, WAL archive expiry).
 pub struct PgStore {
     client: Mutex<postgres::Client>,
 }
@@ -317,31 +331,127 @@ impl UserStore for PgStore {
     }
 }
 
-/// How this node reaches another region's user-data API (the node wires HTTP here).
+/// The contract every [`UserStore`] backend keeps, as a check to run against a fresh, empty
+/// store (the unit tests run it on [`RedbStore`], `tests/userdata_pg.rs` on [`PgStore`]
+/// against a real PostgreSQL server): profiles, entitlements and preferences round-trip
+/// exactly, replacing keeps one copy, erasure is idempotent, invalid profiles are refused
+/// before they are stored. The error names the first broken expectation.
+pub fn conformance(s: &dyn UserStore) -> Result<(), String> {
+    macro_rules! expect {
+        ($cond:expr, $($msg:tt)*) => {
+            if !$cond {
+                return Err(format!($($msg)*));
+            }
+        };
+    }
+    let e = |e: TierError| e.to_string();
+    let carol = UserProfile {
+        id: "carol".into(),
+        home: "us-east-1".into(),
+        name: Some("Carol Conformance".into()),
+        email: Some("carol@example.com".into()),
+        entitlements: Entitlements { channels: vec!["trades".into(), "orders".into()], symbols: vec!["BTC-*".into()] },
+        preferences: BTreeMap::from([("book_depth".to_owned(), "10".to_owned())]),
+    };
+    expect!(s.get("carol").map_err(e)?.is_none(), "a fresh store already holds carol");
+    expect!(s.ids().map_err(e)?.is_empty(), "a fresh store lists users");
+    s.put(&carol).map_err(e)?;
+    let got = s.get("carol").map_err(e)?;
+    expect!(got.as_ref() == Some(&carol), "profile did not round-trip: stored {carol:?}, read {got:?}");
+    // Entitlements and preferences are replaced as a whole (no merge with old values).
+    let mut c2 = carol.clone();
+    c2.entitlements = Entitlements { channels: vec!["book".into()], symbols: vec!["AAPL".into()] };
+    c2.preferences = BTreeMap::from([("theme".to_owned(), "dark".to_owned())]);
+    s.put(&c2).map_err(e)?;
+    let got = s.get("carol").map_err(e)?;
+    expect!(got.as_ref() == Some(&c2), "replacement did not round-trip: stored {c2:?}, read {got:?}");
+    // A user without personal fields stores none.
+    let dave = UserProfile { id: "dave".into(), name: None, email: None, ..carol.clone() };
+    s.put(&dave).map_err(e)?;
+    expect!(s.get("dave").map_err(e)? == Some(dave.clone()), "a profile without personal data did not round-trip");
+    let ids = s.ids().map_err(e)?;
+    expect!(ids == vec!["carol".to_owned(), "dave".to_owned()], "ids() lists {ids:?}, want carol and dave once each");
+    // Erasure: gone, and a second erasure says there was nothing.
+    expect!(s.delete("carol").map_err(e)?, "delete(carol) reported no user");
+    expect!(!s.delete("carol").map_err(e)?, "a second delete(carol) reported a user");
+    expect!(s.get("carol").map_err(e)?.is_none(), "carol is still readable after delete");
+    expect!(s.ids().map_err(e)? == vec!["dave".to_owned()], "carol is still listed after delete");
+    // Data minimization at the edge: an invalid profile is refused and not stored.
+    let bad = UserProfile { id: "erin".into(), email: Some("not-an-address".into()), ..carol.clone() };
+    match s.put(&bad) {
+        Err(TierError::Invalid(m)) => expect!(m.contains("email must be an address"), "unexpected refusal: {m}"),
+        other => return Err(format!("an invalid e-mail was not refused: {other:?}")),
+    }
+    expect!(s.get("erin").map_err(e)?.is_none(), "a refused profile was stored");
+    let long = UserProfile { id: "x".repeat(25), ..carol };
+    expect!(matches!(s.put(&long), Err(TierError::Invalid(_))), "a 25-character id was not refused");
+    expect!(s.delete("dave").map_err(e)?, "delete(dave) reported no user");
+    expect!(s.ids().map_err(e)?.is_empty(), "the store is not empty after erasing every user");
+    Ok(())
+}
+
+/// How this node reaches other regions' user-data tiers (the node wires the mesh's
+/// request channel here: [`MeshHome`]).
 pub trait HomeClient: Send + Sync + 'static {
     /// Fetches the PII-free view of `id` from its home region.
     fn fetch_view(&self, home: &str, id: &str) -> Result<Option<UserView>, TierError>;
     /// Sends new preferences to the home region (write-back).
     fn put_preferences(&self, home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError>;
-    /// Tells `region` to drop its cached view of `id`.
-    fn drop_cached(&self, region: &str, id: &str) -> Result<(), TierError>;
+    /// Tells `region` to erase its cached view of `id` (homed in `home`); true if it held one.
+    fn drop_cached(&self, region: &str, home: &str, id: &str, operator: Option<&str>) -> Result<bool, TierError>;
+    /// Sends a whole profile (personal fields included) to its home region to store: the
+    /// one user-data message that carries personal data, and only toward home.
+    fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError>;
+    /// Asks `home` to forget `id` (for a request that reached another region).
+    fn forget_at(&self, home: &str, id: &str, operator: Option<&str>) -> Result<ForgetReport, TierError>;
 }
 
-/// Something worth the audit trail: an erasure, a view sent to another region.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct UserDataEvent {
-    /// `forget`, `forget_cached`, `view_sent`, `preferences_written_back`.
-    pub action: &'static str,
-    /// The user.
-    pub user: String,
-    /// Where the data was (or went).
-    pub region: String,
-    /// What happened.
-    pub outcome: String,
+/// Where the tier records erasures, and how it tells an erased user from an unknown one:
+/// the node's hash-chained audit log ([`AuditLog`](tickmesh_replicate::AuditLog)).
+pub trait UserTrail: Send + Sync + 'static {
+    /// Appends an entry.
+    fn record(&self, kind: EntryKind, ev: UserDataRecord);
+    /// Waits until what was recorded is durable (an erasure is reported only once it is).
+    fn flush(&self);
+    /// Whether an erasure of the user with this pseudonym at home is on record here.
+    fn erased(&self, pseudonym: &str) -> bool;
 }
 
-/// Receives user-data events (the node writes them to its audit log).
-pub type UserAudit = Arc<dyn Fn(UserDataEvent) + Send + Sync>;
+impl UserTrail for tickmesh_replicate::AuditLog {
+    fn record(&self, kind: EntryKind, ev: UserDataRecord) {
+        tickmesh_replicate::TransferAudit::record_user_data(self, kind, ev);
+    }
+    fn flush(&self) {
+        tickmesh_replicate::AuditLog::flush(self);
+    }
+    fn erased(&self, pseudonym: &str) -> bool {
+        let f = tickmesh_replicate::AuditFilter {
+            kind: Some(EntryKind::Erasure),
+            user: Some(pseudonym.to_owned()),
+            limit: Some(tickmesh_replicate::AuditFilter::MAX_LIMIT),
+            ..Default::default()
+        };
+        self.query(&f).is_ok_and(|p| p.entries.iter().any(|e| e.event.as_ref().is_some_and(|ev| ev.op == "forget")))
+    }
+}
+
+/// An in-memory [`UserTrail`], for tests and nodes without an audit directory.
+#[derive(Debug, Default)]
+pub struct MemoryTrail(pub Mutex<Vec<(EntryKind, UserDataRecord)>>);
+
+impl UserTrail for MemoryTrail {
+    fn record(&self, kind: EntryKind, ev: UserDataRecord) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((kind, ev));
+    }
+    fn flush(&self) {}
+    fn erased(&self, pseudonym: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(k, e)| *k == EntryKind::Erasure && e.op == "forget" && e.user == pseudonym)
+    }
+}
 
 /// The user-data tier of one node.
 pub struct UserTier {
@@ -349,7 +459,7 @@ pub struct UserTier {
     others: Vec<String>,
     store: Arc<dyn UserStore>,
     home: Arc<dyn HomeClient>,
-    audit: UserAudit,
+    trail: Arc<dyn UserTrail>,
     ttl: Duration,
     cache: Mutex<HashMap<String, (UserView, Instant)>>,
 }
@@ -360,17 +470,52 @@ impl std::fmt::Debug for UserTier {
     }
 }
 
+/// What happened in one other region during a forget.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionOutcome {
+    /// The region.
+    pub region: String,
+    /// It answered (its cached view, if any, is erased).
+    pub ok: bool,
+    /// What it erased (`cached view erased`, `no cached view`), or why it could not be
+    /// reached and what to do.
+    pub outcome: String,
+}
+
 /// What [`UserTier::forget`] did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForgetReport {
     /// The user.
     pub user: String,
-    /// The profile was in the home store and is erased.
+    /// The home region, where the profile was.
+    pub home: String,
+    /// The profile was in the home store and is erased now.
     pub erased_at_home: bool,
-    /// Regions that dropped their cached view (or had none).
-    pub caches_cleared: Vec<String>,
-    /// Regions that could not be reached, with the reason: run the command again.
-    pub failed: Vec<(String, String)>,
+    /// The profile had been erased by an earlier forget (this run only retried the other
+    /// regions).
+    pub already_erased: bool,
+    /// Fields erased at home (names only).
+    pub fields: Vec<String>,
+    /// Every other region, with what it did.
+    pub regions: Vec<RegionOutcome>,
+    /// Every region answered: nothing is left to do. When false, run the same forget
+    /// again once the failed regions are reachable (a cached view also expires by itself
+    /// within the cache TTL).
+    pub complete: bool,
+}
+
+/// The fields of a profile holding data (names, for the audit trail and reports).
+fn fields_of(p: &UserProfile) -> Vec<String> {
+    let mut f = Vec::new();
+    if p.name.is_some() {
+        f.push("name".to_owned());
+    }
+    if p.email.is_some() {
+        f.push("email".to_owned());
+    }
+    f.push("entitlements".to_owned());
+    f.push("preferences".to_owned());
+    f
 }
 
 impl UserTier {
@@ -380,10 +525,10 @@ impl UserTier {
         others: Vec<String>,
         store: Arc<dyn UserStore>,
         home: Arc<dyn HomeClient>,
-        audit: UserAudit,
+        trail: Arc<dyn UserTrail>,
         ttl: Duration,
     ) -> UserTier {
-        UserTier { region: region.into(), others, store, home, audit, ttl, cache: Mutex::new(HashMap::new()) }
+        UserTier { region: region.into(), others, store, home, trail, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
     /// This region.
@@ -400,24 +545,28 @@ impl UserTier {
         self.store.put(p)
     }
 
+    /// Creates or replaces a user homed anywhere: stored here when homed here, else passed
+    /// on to the home region over the mesh (this region keeps no copy, and drops its cached
+    /// view so the next read sees the change).
+    pub fn put_anywhere(&self, p: &UserProfile) -> Result<(), TierError> {
+        p.validate()?;
+        if p.home == self.region {
+            return self.store.put(p);
+        }
+        self.home.put_at(&p.home, p)?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.id);
+        Ok(())
+    }
+
     /// The full profile of a user homed here (with personal data: only the home region
     /// answers this).
     pub fn profile(&self, id: &str) -> Result<UserProfile, TierError> {
         self.store.get(id)?.ok_or_else(|| TierError::UnknownUser(id.to_owned()))
     }
 
-    /// The PII-free view, for a peer region that asks (recorded in the audit trail).
-    pub fn view_for_peer(&self, id: &str, peer: &str) -> Result<Option<UserView>, TierError> {
-        let v = self.store.get(id)?.map(|p| p.view());
-        if v.is_some() {
-            (self.audit)(UserDataEvent {
-                action: "view_sent",
-                user: id.to_owned(),
-                region: peer.to_owned(),
-                outcome: "PII-free view sent".into(),
-            });
-        }
-        Ok(v)
+    /// The PII-free view of a user homed here, for a peer region's cache.
+    pub fn view_for_peer(&self, id: &str) -> Result<Option<UserView>, TierError> {
+        Ok(self.store.get(id)?.map(|p| p.view()))
     }
 
     /// The user's view: from the home store, else the unexpired cache, else the home
@@ -441,6 +590,9 @@ impl UserTier {
             }
         }
         let v = self.home.fetch_view(home, id)?.ok_or_else(|| TierError::UnknownUser(id.to_owned()))?;
+        if v.id != id || v.home != home {
+            return Err(TierError::Store(format!("{home} answered with the view of another user; not cached")));
+        }
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (v.clone(), now));
         Ok(v)
     }
@@ -455,72 +607,313 @@ impl UserTier {
         if home == self.region {
             return Err(TierError::UnknownUser(id.to_owned()));
         }
-        self.home.put_preferences(home, id, &prefs)?;
-        self.drop_cached(id);
-        (self.audit)(UserDataEvent {
-            action: "preferences_written_back",
-            user: id.to_owned(),
-            region: home.to_owned(),
-            outcome: "sent to the home region".into(),
-        });
+        let check = UserProfile {
+            id: id.to_owned(),
+            home: home.to_owned(),
+            name: None,
+            email: None,
+            entitlements: Entitlements::default(),
+            preferences: prefs,
+        };
+        check.validate()?;
+        self.home.put_preferences(home, id, &check.preferences)?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
     }
 
-    /// Drops this region's cached view of `id` (a home region's `forget` calls this).
-    pub fn drop_cached(&self, id: &str) -> bool {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(id).is_some()
+    /// Erases this region's cached view of `id` on the home region's request, and records
+    /// the erasure; true if there was one.
+    pub fn drop_cached(&self, id: &str, home: &str, operator: Option<String>) -> bool {
+        let had = self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(id).is_some();
+        self.trail.record(
+            EntryKind::Erasure,
+            UserDataRecord {
+                op: "forget_cached".into(),
+                user: user_pseudonym(id),
+                home: home.to_owned(),
+                from: home.to_owned(),
+                to: self.region.clone(),
+                dir: Direction::Receive,
+                class: DataClass::MarketData,
+                fields: if had { vec!["entitlements".into(), "preferences".into()] } else { Vec::new() },
+                regions: Vec::new(),
+                operator,
+                decision: "allow".into(),
+                reason: None,
+                outcome: if had { "cached view erased".into() } else { "no cached view".into() },
+                bytes: 0,
+            },
+        );
+        self.trail.flush();
+        had
     }
 
-    /// Whether a view of `id` is cached here (for tests and `/v1/users/{id}/cache`).
+    /// Whether a view of `id` is cached here.
     pub fn is_cached(&self, id: &str) -> bool {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id)
     }
 
-    /// Erases a user homed here, then every other region's cached view; every step is
-    /// audited. A region that cannot be reached is listed in `failed`: run it again.
-    pub fn forget(&self, id: &str) -> Result<ForgetReport, TierError> {
-        let Some(p) = self.store.get(id)? else {
-            return Err(TierError::UnknownUser(id.to_owned()));
-        };
-        if p.home != self.region {
-            return Err(TierError::NotHome { user: id.to_owned(), home: p.home, here: self.region.clone() });
+    /// Forgets a user: the request may reach any region; `home` (when known) says where
+    /// the user lives, and a request for a user homed elsewhere is passed on over the mesh.
+    pub fn forget_anywhere(
+        &self,
+        id: &str,
+        home: Option<&str>,
+        operator: Option<&str>,
+    ) -> Result<ForgetReport, TierError> {
+        match home {
+            Some(h) if h != self.region => self.home.forget_at(h, id, operator),
+            _ => self.forget(id, operator),
         }
-        let erased = self.store.delete(id)?;
-        (self.audit)(UserDataEvent {
-            action: "forget",
-            user: id.to_owned(),
-            region: self.region.clone(),
-            outcome: if erased { "profile erased".into() } else { "no profile".into() },
-        });
-        let mut report = ForgetReport {
-            user: id.to_owned(),
-            erased_at_home: erased,
-            caches_cleared: Vec::new(),
-            failed: Vec::new(),
+    }
+
+    /// Erases a user homed here, then every other region's cached view. The erasure is
+    /// one entry of the audit chain (pseudonym, fields, regions told, operator, outcome),
+    /// durable before this returns; each region records its own. Idempotent: a user
+    /// erased before is not an error (the other regions are told again); a user never
+    /// known here is [`TierError::UnknownUser`].
+    pub fn forget(&self, id: &str, operator: Option<&str>) -> Result<ForgetReport, TierError> {
+        let pseudonym = user_pseudonym(id);
+        let (erased_at_home, fields) = match self.store.get(id)? {
+            Some(p) if p.home != self.region => {
+                return Err(TierError::NotHome { user: id.to_owned(), home: p.home, here: self.region.clone() })
+            }
+            Some(p) => {
+                let fields = fields_of(&p);
+                (self.store.delete(id)?, fields)
+            }
+            None if self.trail.erased(&pseudonym) => (false, Vec::new()),
+            None => return Err(TierError::UnknownUser(id.to_owned())),
         };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let mut regions = Vec::new();
         for r in &self.others {
-            match self.home.drop_cached(r, id) {
-                Ok(()) => {
-                    (self.audit)(UserDataEvent {
-                        action: "forget_cached",
-                        user: id.to_owned(),
-                        region: r.clone(),
-                        outcome: "cached view dropped".into(),
-                    });
-                    report.caches_cleared.push(r.clone());
-                }
-                Err(e) => {
-                    (self.audit)(UserDataEvent {
-                        action: "forget_cached",
-                        user: id.to_owned(),
-                        region: r.clone(),
-                        outcome: format!("failed: {e}"),
-                    });
-                    report.failed.push((r.clone(), e.to_string()));
+            regions.push(match self.home.drop_cached(r, &self.region, id, operator) {
+                Ok(true) => RegionOutcome { region: r.clone(), ok: true, outcome: "cached view erased".into() },
+                Ok(false) => RegionOutcome { region: r.clone(), ok: true, outcome: "no cached view".into() },
+                Err(e) => RegionOutcome {
+                    region: r.clone(),
+                    ok: false,
+                    outcome: format!("not reached: {e}; its view expires within the cache TTL, and running the same forget again erases it now"),
+                },
+            });
+        }
+        let complete = regions.iter().all(|r| r.ok);
+        let summary: Vec<String> = regions.iter().map(|r| format!("{}: {}", r.region, r.outcome)).collect();
+        let home_outcome = if erased_at_home { "profile erased" } else { "already erased" };
+        self.trail.record(
+            EntryKind::Erasure,
+            UserDataRecord {
+                op: "forget".into(),
+                user: pseudonym,
+                home: self.region.clone(),
+                from: self.region.clone(),
+                to: self.region.clone(),
+                dir: Direction::Send,
+                class: DataClass::Pii,
+                fields: fields.clone(),
+                regions: self.others.clone(),
+                operator: operator.map(str::to_owned),
+                decision: "allow".into(),
+                reason: None,
+                outcome: format!("{home_outcome}; {}", summary.join("; ")),
+                bytes: 0,
+            },
+        );
+        self.trail.flush();
+        Ok(ForgetReport {
+            user: id.to_owned(),
+            home: self.region.clone(),
+            erased_at_home,
+            already_erased: !erased_at_home,
+            fields,
+            regions,
+            complete,
+        })
+    }
+
+    /// Answers a peer region's user-data request (the mesh's handler calls this).
+    pub fn answer(&self, peer: &str, req: &UserMessage) -> UserMessage {
+        let ok = |class: DataClass, fields: Vec<String>, body: serde_json::Value| UserMessage {
+            op: "ok".into(),
+            user: req.user.clone(),
+            home: req.home.clone(),
+            class,
+            fields,
+            body,
+            error: None,
+            code: None,
+        };
+        let fail = |e: TierError| {
+            let code = match e {
+                TierError::UnknownUser(_) => "unknown_user",
+                TierError::NotHome { .. } => "not_home_region",
+                TierError::Invalid(_) => "invalid",
+                _ => "failed",
+            };
+            UserMessage::error(req, code, e.to_string())
+        };
+        let operator = req.body.get("operator").and_then(|o| o.as_str()).map(str::to_owned);
+        match req.op.as_str() {
+            "view" => match self.view_for_peer(&req.user) {
+                Ok(Some(v)) => ok(
+                    DataClass::MarketData,
+                    vec!["entitlements".into(), "preferences".into()],
+                    serde_json::to_value(v).unwrap_or_default(),
+                ),
+                Ok(None) => fail(TierError::UnknownUser(req.user.clone())),
+                Err(e) => fail(e),
+            },
+            "write_back" => {
+                let prefs = match serde_json::from_value::<BTreeMap<String, String>>(req.body["preferences"].clone()) {
+                    Ok(p) => p,
+                    Err(e) => return fail(TierError::Invalid(format!("preferences: {e}"))),
+                };
+                match self.store.get(&req.user) {
+                    Ok(Some(_)) => match self.set_preferences(&req.user, &self.region, prefs) {
+                        Ok(()) => ok(DataClass::MarketData, Vec::new(), serde_json::Value::Null),
+                        Err(e) => fail(e),
+                    },
+                    Ok(None) => fail(TierError::UnknownUser(req.user.clone())),
+                    Err(e) => fail(e),
                 }
             }
+            "put" => match serde_json::from_value::<UserProfile>(req.body.clone()) {
+                Ok(p) if p.id != req.user || p.home != req.home => {
+                    fail(TierError::Invalid("the profile names another user or home than the request".into()))
+                }
+                Ok(p) => match self.put(&p) {
+                    Ok(()) => ok(DataClass::MarketData, Vec::new(), serde_json::Value::Null),
+                    Err(e) => fail(e),
+                },
+                Err(e) => fail(TierError::Invalid(format!("profile: {e}"))),
+            },
+            "drop_cache" => {
+                let had = self.drop_cached(&req.user, &req.home, operator.or_else(|| Some(format!("region {peer}"))));
+                ok(DataClass::MarketData, Vec::new(), serde_json::json!({ "dropped": had }))
+            }
+            "forget" if req.home == self.region => match self.forget(&req.user, operator.as_deref()) {
+                Ok(r) => ok(DataClass::MarketData, Vec::new(), serde_json::to_value(r).unwrap_or_default()),
+                Err(e) => fail(e),
+            },
+            "forget" => {
+                fail(TierError::NotHome { user: req.user.clone(), home: req.home.clone(), here: self.region.clone() })
+            }
+            other => {
+                UserMessage::error(req, "failed", format!("unknown request {other:?}; this node is older or newer"))
+            }
         }
-        Ok(report)
+    }
+}
+
+/// The mesh's handler for peers' user-data requests: [`UserTier::answer`].
+#[derive(Debug)]
+pub struct TierHandler(pub Arc<UserTier>);
+
+impl tickmesh_replicate::UserRequestHandler for TierHandler {
+    fn handle(&self, peer: &str, req: UserMessage) -> UserMessage {
+        self.0.answer(peer, &req)
+    }
+}
+
+/// Reaches other regions' user-data tiers over the mesh's request channel. The mesh starts
+/// after the tier, so the handle is set once it runs; until then (or without a `[mesh]`),
+/// requests fail with a message saying so.
+#[derive(Debug, Default)]
+pub struct MeshHome {
+    region: String,
+    mesh: std::sync::OnceLock<tickmesh_replicate::MeshHandle>,
+    timeout: Duration,
+}
+
+impl MeshHome {
+    /// A client for `region`'s node; requests wait at most `timeout` for an answer.
+    pub fn new(region: impl Into<String>, timeout: Duration) -> MeshHome {
+        MeshHome { region: region.into(), mesh: std::sync::OnceLock::new(), timeout }
+    }
+
+    /// Connects it to the running mesh.
+    pub fn set_mesh(&self, h: tickmesh_replicate::MeshHandle) {
+        let _ = self.mesh.set(h);
+    }
+
+    fn call(&self, to: &str, m: UserMessage) -> Result<UserMessage, TierError> {
+        self.call_with(to, m, self.timeout)
+    }
+
+    fn call_with(&self, to: &str, m: UserMessage, timeout: Duration) -> Result<UserMessage, TierError> {
+        let Some(mesh) = self.mesh.get() else {
+            return Err(TierError::Store(format!(
+                "{} has no mesh, so it cannot reach {to}; configure [mesh] with {to} as a peer",
+                self.region
+            )));
+        };
+        let answer = mesh.user_request(to, m, timeout).map_err(|e| match e {
+            tickmesh_replicate::RequestError::Refused(why) => TierError::Refused(why),
+            other => TierError::Unreachable { region: to.to_owned(), reason: other.to_string() },
+        })?;
+        if answer.op == "error" {
+            let msg = answer.error.unwrap_or_default();
+            return Err(match answer.code.as_deref() {
+                Some("unknown_user") => TierError::UnknownUser(answer.user),
+                Some("invalid") => TierError::Invalid(msg),
+                _ => TierError::Store(format!("{to}: {msg}")),
+            });
+        }
+        Ok(answer)
+    }
+
+    fn msg(op: &str, id: &str, home: &str, fields: Vec<String>, body: serde_json::Value) -> UserMessage {
+        UserMessage {
+            op: op.into(),
+            user: id.to_owned(),
+            home: home.to_owned(),
+            class: DataClass::MarketData,
+            fields,
+            body,
+            error: None,
+            code: None,
+        }
+    }
+}
+
+impl HomeClient for MeshHome {
+    fn fetch_view(&self, home: &str, id: &str) -> Result<Option<UserView>, TierError> {
+        match self.call(home, MeshHome::msg("view", id, home, Vec::new(), serde_json::Value::Null)) {
+            // A view with any field beyond the PII-free ones is refused (UserView denies
+            // unknown fields), so a misbehaving home cannot fill this cache with PII.
+            Ok(a) => serde_json::from_value::<UserView>(a.body)
+                .map(Some)
+                .map_err(|e| TierError::Store(format!("{home} answered something that is not a PII-free view: {e}"))),
+            Err(TierError::UnknownUser(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_preferences(&self, home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError> {
+        let body = serde_json::json!({ "preferences": prefs });
+        self.call(home, MeshHome::msg("write_back", id, home, vec!["preferences".into()], body)).map(|_| ())
+    }
+
+    fn drop_cached(&self, region: &str, home: &str, id: &str, operator: Option<&str>) -> Result<bool, TierError> {
+        let body = serde_json::json!({ "operator": operator });
+        let a = self.call(region, MeshHome::msg("drop_cache", id, home, Vec::new(), body))?;
+        Ok(a.body["dropped"].as_bool().unwrap_or(false))
+    }
+
+    fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError> {
+        let mut m = MeshHome::msg("put", &p.id, home, fields_of(p), serde_json::to_value(p).unwrap_or_default());
+        if p.name.is_some() || p.email.is_some() {
+            m.class = DataClass::Pii;
+        }
+        self.call(home, m).map(|_| ())
+    }
+
+    fn forget_at(&self, home: &str, id: &str, operator: Option<&str>) -> Result<ForgetReport, TierError> {
+        let body = serde_json::json!({ "operator": operator });
+        // The home region tells every other region in turn: give it time for each.
+        let a = self.call_with(home, MeshHome::msg("forget", id, home, Vec::new(), body), self.timeout * 4)?;
+        serde_json::from_value(a.body).map_err(|e| TierError::Store(format!("{home} answered a bad report: {e}")))
     }
 }
 
@@ -539,28 +932,55 @@ mod tests {
         }
     }
 
-    /// A home client that answers from another tier directly (no HTTP), counting calls.
+    /// A home client that answers from other tiers directly (no mesh), counting fetches;
+    /// `ap-southeast-1` is unreachable.
+    #[derive(Default)]
     struct Direct {
-        home: Mutex<Option<Arc<UserTier>>>,
+        tiers: Mutex<Vec<Arc<UserTier>>>,
         fetches: std::sync::atomic::AtomicU32,
     }
 
-    impl HomeClient for Direct {
-        fn fetch_view(&self, _home: &str, id: &str) -> Result<Option<UserView>, TierError> {
-            self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let h = self.home.lock().unwrap().clone().unwrap();
-            h.view_for_peer(id, "eu-west-1")
+    impl Direct {
+        fn tier(&self, region: &str) -> Result<Arc<UserTier>, TierError> {
+            let t = self.tiers.lock().unwrap();
+            t.iter().find(|t| t.region() == region).cloned().ok_or_else(|| TierError::Unreachable {
+                region: region.to_owned(),
+                reason: "connection refused".into(),
+            })
         }
-        fn put_preferences(&self, _home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError> {
-            let h = self.home.lock().unwrap().clone().unwrap();
-            h.set_preferences(id, "us-east-1", prefs.clone())
-        }
-        fn drop_cached(&self, region: &str, _id: &str) -> Result<(), TierError> {
-            if region == "ap-southeast-1" {
-                Err(TierError::Store("connection refused".into()))
-            } else {
-                Ok(())
+        fn ask(&self, to: &str, from: &str, m: UserMessage) -> Result<UserMessage, TierError> {
+            let a = self.tier(to)?.answer(from, &m);
+            match a.code.as_deref() {
+                Some("unknown_user") => Err(TierError::UnknownUser(a.user)),
+                Some(_) => Err(TierError::Store(a.error.unwrap_or_default())),
+                None => Ok(a),
             }
+        }
+    }
+
+    impl HomeClient for Direct {
+        fn fetch_view(&self, home: &str, id: &str) -> Result<Option<UserView>, TierError> {
+            self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let a = self.ask(home, "eu-west-1", MeshHome::msg("view", id, home, vec![], serde_json::Value::Null))?;
+            Ok(Some(serde_json::from_value(a.body).unwrap()))
+        }
+        fn put_preferences(&self, home: &str, id: &str, prefs: &BTreeMap<String, String>) -> Result<(), TierError> {
+            let body = serde_json::json!({ "preferences": prefs });
+            self.ask(home, "eu-west-1", MeshHome::msg("write_back", id, home, vec![], body)).map(|_| ())
+        }
+        fn drop_cached(&self, region: &str, home: &str, id: &str, op: Option<&str>) -> Result<bool, TierError> {
+            let body = serde_json::json!({ "operator": op });
+            let a = self.ask(region, home, MeshHome::msg("drop_cache", id, home, vec![], body))?;
+            Ok(a.body["dropped"].as_bool().unwrap())
+        }
+        fn put_at(&self, home: &str, p: &UserProfile) -> Result<(), TierError> {
+            let body = serde_json::to_value(p).unwrap();
+            self.ask(home, "eu-west-1", MeshHome::msg("put", &p.id, home, vec![], body)).map(|_| ())
+        }
+        fn forget_at(&self, home: &str, id: &str, op: Option<&str>) -> Result<ForgetReport, TierError> {
+            let body = serde_json::json!({ "operator": op });
+            let a = self.ask(home, "eu-west-1", MeshHome::msg("forget", id, home, vec![], body))?;
+            Ok(serde_json::from_value(a.body).unwrap())
         }
     }
 
@@ -579,6 +999,12 @@ mod tests {
         assert_eq!(s.get("alice").unwrap(), None);
         let bad = UserProfile { email: Some("not-an-address".into()), ..alice() };
         assert!(s.put(&bad).unwrap_err().to_string().contains("email must be an address"));
+    }
+
+    #[test]
+    fn redb_store_passes_the_conformance_check() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance(&RedbStore::open(&dir.path().join("users.redb")).unwrap()).unwrap();
     }
 
     #[test]
@@ -604,25 +1030,24 @@ mod tests {
     #[test]
     fn views_carry_no_personal_data_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let ev = events.clone();
-        let audit: UserAudit = Arc::new(move |e| ev.lock().unwrap().push(e));
-        let direct = Arc::new(Direct { home: Mutex::new(None), fetches: Default::default() });
+        let home_trail = Arc::new(MemoryTrail::default());
+        let eu_trail = Arc::new(MemoryTrail::default());
+        let direct = Arc::new(Direct::default());
         let home_store = Arc::new(RedbStore::open(&dir.path().join("use1.redb")).unwrap());
-        let home = Arc::new(UserTier::new(
-            "us-east-1",
-            vec!["eu-west-1".into(), "ap-southeast-1".into()],
-            home_store,
-            direct.clone(),
-            audit.clone(),
-            Duration::from_secs(60),
-        ));
-        *direct.home.lock().unwrap() = Some(home.clone());
+        let others = vec!["eu-west-1".into(), "ap-southeast-1".into()];
+        let ttl = Duration::from_secs(60);
+        let home = Arc::new(UserTier::new("us-east-1", others, home_store, direct.clone(), home_trail.clone(), ttl));
         let eu_store = Arc::new(RedbStore::open(&dir.path().join("euw1.redb")).unwrap());
-        let eu = UserTier::new("eu-west-1", vec![], eu_store.clone(), direct.clone(), audit, Duration::from_millis(50));
+        let short = Duration::from_millis(50);
+        let eu =
+            Arc::new(UserTier::new("eu-west-1", vec![], eu_store.clone(), direct.clone(), eu_trail.clone(), short));
+        direct.tiers.lock().unwrap().extend([home.clone(), eu.clone()]);
 
         assert!(matches!(eu.put(&alice()), Err(TierError::NotHome { .. })));
-        home.put(&alice()).unwrap();
+        // Created from another region: passed on home, no copy kept.
+        eu.put_anywhere(&alice()).unwrap();
+        assert_eq!(home.profile("alice").unwrap(), alice());
+        assert!(eu_store.ids().unwrap().is_empty());
         let v = eu.view("alice", "us-east-1").unwrap();
         assert_eq!(v, alice().view());
         let json = serde_json::to_string(&v).unwrap();
@@ -641,16 +1066,52 @@ mod tests {
 
         // Forget: erased at home, caches told, the unreachable region reported, all audited.
         eu.view("alice", "us-east-1").unwrap();
-        assert!(matches!(eu.forget("alice"), Err(TierError::UnknownUser(_))));
-        let r = home.forget("alice").unwrap();
-        assert!(r.erased_at_home);
-        assert_eq!(r.caches_cleared, vec!["eu-west-1".to_owned()]);
-        assert_eq!(r.failed.len(), 1);
+        assert!(eu.is_cached("alice"));
+        assert!(matches!(eu.forget("alice", None), Err(TierError::UnknownUser(_))));
+        let r = home.forget("alice", Some("ops")).unwrap();
+        assert!(r.erased_at_home && !r.already_erased && !r.complete, "{r:?}");
+        assert_eq!(r.fields, ["name", "email", "entitlements", "preferences"]);
+        assert_eq!(
+            r.regions[0],
+            RegionOutcome { region: "eu-west-1".into(), ok: true, outcome: "cached view erased".into() }
+        );
+        assert!(!r.regions[1].ok && r.regions[1].outcome.contains("running the same forget again"), "{r:?}");
+        assert!(!eu.is_cached("alice"));
         assert!(matches!(home.profile("alice"), Err(TierError::UnknownUser(_))));
-        let ev = events.lock().unwrap();
-        let actions: Vec<&str> = ev.iter().map(|e| e.action).collect();
-        assert!(actions.contains(&"forget") && actions.contains(&"view_sent"), "{actions:?}");
-        assert_eq!(actions.iter().filter(|a| **a == "forget_cached").count(), 2);
+        // Idempotent: a second forget retries the regions and says it was erased before.
+        let again = home.forget("alice", Some("ops")).unwrap();
+        assert!(!again.erased_at_home && again.already_erased, "{again:?}");
+        assert_eq!(again.regions[0].outcome, "no cached view");
+        // A user never known is an error, not a silent success.
+        assert!(matches!(home.forget("mallory", None), Err(TierError::UnknownUser(_))));
+        // Asked in another region with the home named, it is passed on.
+        home.put(&UserProfile { id: "bob".into(), ..alice() }).unwrap();
+        let via = eu.forget_anywhere("bob", Some("us-east-1"), Some("ops")).unwrap();
+        assert!(via.erased_at_home && via.home == "us-east-1", "{via:?}");
+
+        let h = home_trail.0.lock().unwrap();
+        let forgets: Vec<&UserDataRecord> =
+            h.iter().filter(|(k, _)| *k == EntryKind::Erasure).map(|(_, e)| e).collect();
+        assert_eq!(forgets.len(), 3, "{forgets:?}");
+        assert_eq!(forgets[0].user, user_pseudonym("alice"));
+        assert_eq!(forgets[0].operator.as_deref(), Some("ops"));
+        assert_eq!(forgets[0].regions, ["eu-west-1", "ap-southeast-1"]);
+        assert!(
+            forgets[0].outcome.starts_with("profile erased; eu-west-1: cached view erased"),
+            "{}",
+            forgets[0].outcome
+        );
+        assert!(h.iter().all(|(_, e)| !serde_json::to_string(e).unwrap().contains("alice")), "pseudonyms only");
+        let e = eu_trail.0.lock().unwrap();
+        let cached: Vec<&str> = e.iter().map(|(_, e)| e.outcome.as_str()).collect();
+        assert_eq!(cached, ["cached view erased", "no cached view", "no cached view"]);
+    }
+
+    #[test]
+    fn a_view_with_personal_fields_is_not_accepted() {
+        let mut v = serde_json::to_value(alice().view()).unwrap();
+        v["email"] = "alice@example.com".into();
+        assert!(serde_json::from_value::<UserView>(v).is_err());
     }
 
     #[test]
