@@ -79,11 +79,15 @@ async fn forge(addr: std::net::SocketAddr, trust: &str, leaf: &LeafPem, streams:
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(creds.client_config().unwrap());
     let conn = ep.connect(addr, "us-east-1").unwrap().await.expect("a valid certificate connects");
+    // Kept open until the end: a stream dropped is a stream finished, which the node
+    // would rightly treat as the end of the control stream.
+    let mut open = Vec::new();
     for bytes in streams {
-        let Ok((mut send, _recv)) = conn.open_bi().await else { break };
+        let Ok((mut send, recv)) = conn.open_bi().await else { break };
         if send.write_all(bytes).await.is_err() {
             break;
         }
+        open.push((send, recv));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
@@ -173,7 +177,11 @@ async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
     batch.extend_from_slice(home.as_bytes());
     batch.extend_from_slice(&0u64.to_le_bytes());
     let cases: Vec<(&str, Vec<Vec<u8>>, String)> = vec![
-        ("a hello naming another region", vec![hello("ap-southeast-1", &[])], "says it is region ap-southeast-1".into()),
+        (
+            "a hello naming another region",
+            vec![hello("ap-southeast-1", &[])],
+            "says it is region ap-southeast-1".into(),
+        ),
         (
             "a hello claiming this region's home source",
             vec![hello("eu-west-1", &[home.as_str()])],
@@ -194,7 +202,8 @@ async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
     let text = std::fs::read_to_string(&log).unwrap();
     for (what, _, want) in &cases {
         assert!(
-            text.lines().any(|l| l.contains("mesh protocol error") && l.contains("eu-west-1") && l.contains(want.as_str())),
+            text.lines()
+                .any(|l| l.contains("mesh protocol error") && l.contains("eu-west-1") && l.contains(want.as_str())),
             "{what} is not logged with the peer's name:\n{text}"
         );
     }
