@@ -27,7 +27,10 @@
 //!
 //! Every record is validated with `access_untrusted` and must belong to the stream's
 //! source and continue its `seq` with no gap; anything malformed closes that peer's
-//! connection with an [`Error::Protocol`] naming the peer (never a panic).
+//! connection with an [`Error::Protocol`] naming the peer (never a panic). A peer is the
+//! origin only of the sources its `HELLO` claims, and a claim on a source another region
+//! (or this node) is already home to is refused: a peer with a valid certificate cannot
+//! pass itself off as another region's origin (`tests/hostile_peer.rs`).
 //!
 //! # Routing
 //! For each source this node is not home to, the upstream is the origin region when its

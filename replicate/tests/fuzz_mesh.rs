@@ -235,7 +235,7 @@ fn json_message() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn random_bytes(spot in spot(), bytes in proptest::collection::vec(any::<u8>(), 0..512), cuts in cuts()) {
