@@ -59,9 +59,22 @@ fn restart(state: &Path, region: &str, env: &[(&str, String)]) -> Restarted {
     )
 }
 
+/// SIGKILLs `pid` and waits until it has exited (gone, or a zombie its parent has not
+/// reaped yet): only then are its journal lock and ports free for a restart.
 fn kill(pid: u32) {
     // SAFETY: a plain syscall on a pid this test started (directly or through the demo).
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still runs 30 s after SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A client that fails over: returns what it saw and how often it reconnected.
@@ -342,17 +355,19 @@ async fn partitions_loss_and_clock_skew_under_load() {
     let offset_ms: i64 = if rng.random_bool(0.5) { 2000 } else { -2000 };
     eprintln!("clock: {} runs {offset_ms:+} ms; witness {}", names[skewed], names[witness]);
     kill(demo.regions[skewed].pid);
-    let skewed_node = restart(&state, &names[skewed], &[("TICKMESH_CLOCK_OFFSET_MS", offset_ms.to_string())]);
+    let mut skewed_node = restart(&state, &names[skewed], &[("TICKMESH_CLOCK_OFFSET_MS", offset_ms.to_string())]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let r = http_status(&https[skewed], "/readyz");
         if r.as_ref().is_some_and(|(s, _)| *s == 200) {
             break;
         }
-        if tokio::time::Instant::now() > deadline {
+        let exited = skewed_node.0.try_wait().ok().flatten();
+        if exited.is_some() || tokio::time::Instant::now() > deadline {
             let log = std::fs::read_to_string(state.join(&names[skewed]).join("restart.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            panic!("{} is not ready after 120 s: {r:?}; its log ends:\n{}", names[skewed], tail.join("\n"));
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            panic!("{} is not ready ({exited:?}, {r:?}); its log ends:\n{}", names[skewed], tail.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
