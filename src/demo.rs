@@ -78,9 +78,11 @@ struct Region {
     child: Option<Child>,
 }
 
-/// Applies `<state-dir>/wan.ctl` to the WAN relays every 100 ms: the file lists the links
-/// that are cut, one `REGION REGION` pair per line (both directions of the pair); a link
-/// not listed (or no file) is up. Tests and operators cut and heal links by rewriting it.
+/// Applies `<state-dir>/wan.ctl` to the WAN relays every 100 ms: one link per line,
+/// `REGION REGION` (both directions of the pair) cuts it, `REGION REGION loss SHARE` drops
+/// that share (0.0 to 1.0) of its datagrams; `*` names every region. A link not listed (or
+/// no file) is up without extra loss. Tests and operators cut, heal and degrade links by
+/// rewriting the file.
 fn wan_control(
     ctl: &Path,
     relays: &std::collections::BTreeMap<(String, String), tickmesh_replicate::wan::Relay>,
@@ -90,18 +92,35 @@ fn wan_control(
     while !stop.load(Ordering::Relaxed) {
         let text = std::fs::read_to_string(ctl).unwrap_or_default();
         if text != last {
-            let cut: Vec<(String, String)> = text
+            // (a, b, None: cut / Some(share): loss)
+            let rules: Vec<(String, String, Option<f64>)> = text
                 .lines()
                 .filter_map(|l| {
                     let mut w = l.split_whitespace();
-                    Some((w.next()?.to_owned(), w.next()?.to_owned()))
+                    let (a, b) = (w.next()?.to_owned(), w.next()?.to_owned());
+                    match (w.next(), w.next().map(str::parse::<f64>)) {
+                        (None, _) | (Some("cut"), _) => Some((a, b, None)),
+                        (Some("loss"), Some(Ok(share))) => Some((a, b, Some(share))),
+                        _ => {
+                            eprintln!("wan: ignoring {l:?} in {}: write `A B` or `A B loss 0.05`", ctl.display());
+                            None
+                        }
+                    }
                 })
                 .collect();
+            let on = |x: &str, a: &str| x == "*" || x == a;
             for ((a, b), relay) in relays {
-                let is_cut = cut.iter().any(|(x, y)| (x == a && y == b) || (x == b && y == a));
-                relay.set_cut(is_cut);
+                let (mut cut, mut loss) = (false, 0.0f64);
+                for (_, _, r) in rules.iter().filter(|(x, y, _)| (on(x, a) && on(y, b)) || (on(x, b) && on(y, a))) {
+                    match r {
+                        None => cut = true,
+                        Some(share) => loss = loss.max(*share),
+                    }
+                }
+                relay.set_cut(cut);
+                relay.set_loss(loss);
             }
-            eprintln!("wan: cut links now {cut:?}");
+            eprintln!("wan: links now {rules:?} (None: cut, Some: loss share)");
             last = text;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -93,6 +93,12 @@ impl Node {
         if !problems.is_empty() {
             anyhow::bail!("configuration has {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
         }
+        if tickmesh_codec::clock_offset_ms() != 0 {
+            tracing::warn!(
+                offset_ms = tickmesh_codec::clock_offset_ms(),
+                "TICKMESH_CLOCK_OFFSET_MS is set: this node's wall clock is shifted (a test hook; unset it in production)"
+            );
+        }
         let journal_dir = cfg.state_dir.join("journal");
         std::fs::create_dir_all(&journal_dir)
             .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;

@@ -5,7 +5,12 @@
 //!
 //! The test holds the CA key: it runs a two-region demo once to lay out the state directory,
 //! then replaces the mesh PKI with its own CA and restarts `us-east-1` alone on it.
-//! Mesh *messages* are not fuzzed here: the mesh protocol is being rewritten.
+//!
+//! Then a peer with a *valid* certificate sends forged mesh messages (a hello naming another
+//! region, a hello claiming this region's home source, a batch nobody asked for): each
+//! closes that connection with the reason, is logged with the peer's name, and the node goes
+//! on. The message fuzzing and the full list of forgeries are sans-I/O, in
+//! `replicate/tests/fuzz_mesh.rs` and `replicate/tests/hostile_peer.rs`.
 
 mod support;
 
@@ -56,6 +61,39 @@ async fn dial(addr: std::net::SocketAddr, trust: &str, leaf: &LeafPem) -> Result
     match tokio::time::timeout(Duration::from_secs(3), conn.closed()).await {
         Ok(reason) => Err(reason.to_string()),
         Err(_) => Ok(()),
+    }
+}
+
+/// A mesh message: `u32` LE length of type and body, `u8` type, body.
+fn mesh_message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = (body.len() as u32 + 1).to_le_bytes().to_vec();
+    b.push(kind);
+    b.extend_from_slice(body);
+    b
+}
+
+/// Connects with a valid `leaf`, writes `streams` (each on a new stream, in order) and
+/// returns the application close reason the node sent (or why there was none).
+async fn forge(addr: std::net::SocketAddr, trust: &str, leaf: &LeafPem, streams: &[Vec<u8>]) -> String {
+    let creds = Credentials::from_pem(trust, leaf).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(creds.client_config().unwrap());
+    let conn = ep.connect(addr, "us-east-1").unwrap().await.expect("a valid certificate connects");
+    // Kept open until the end: a stream dropped is a stream finished, which the node
+    // would rightly treat as the end of the control stream.
+    let mut open = Vec::new();
+    for bytes in streams {
+        let Ok((mut send, recv)) = conn.open_bi().await else { break };
+        if send.write_all(bytes).await.is_err() {
+            break;
+        }
+        open.push((send, recv));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => String::from_utf8_lossy(&c.reason).into_owned(),
+        Ok(other) => format!("closed otherwise: {other}"),
+        Err(_) => "still open after 10 s".into(),
     }
 }
 
@@ -128,4 +166,48 @@ async fn mesh_refuses_foreign_expired_and_misnamed_certificates() {
     let text = std::fs::read_to_string(&log).unwrap();
     let refusals = text.lines().filter(|l| l.contains("refused")).count();
     assert!(refusals >= 3, "refusals are not logged ({refusals} lines):\n{text}");
+
+    // Forged messages from a peer with a valid certificate.
+    let home = cfg["feeds"][0]["source"].as_str().unwrap().to_owned();
+    let hello = |region: &str, home: &[&str]| {
+        let body = serde_json::json!({"version": tickmesh_replicate::link::VERSION, "region": region, "role": "all", "home": home});
+        mesh_message(1, body.to_string().as_bytes())
+    };
+    let mut batch = vec![home.len() as u8];
+    batch.extend_from_slice(home.as_bytes());
+    batch.extend_from_slice(&0u64.to_le_bytes());
+    let cases: Vec<(&str, Vec<Vec<u8>>, String)> = vec![
+        (
+            "a hello naming another region",
+            vec![hello("ap-southeast-1", &[])],
+            "says it is region ap-southeast-1".into(),
+        ),
+        (
+            "a hello claiming this region's home source",
+            vec![hello("eu-west-1", &[home.as_str()])],
+            format!("claims to be home to {home}"),
+        ),
+        (
+            "a batch on a stream nobody asked for",
+            vec![hello("eu-west-1", &[]), mesh_message(6, &batch)],
+            "unexpected message type 6".into(),
+        ),
+    ];
+    for (what, streams, want) in &cases {
+        let reason = forge(mesh, &ca.cert, &good, streams).await;
+        eprintln!("{what}: closed with {reason:?}");
+        assert!(reason.starts_with("peer eu-west-1: ") && reason.contains(want.as_str()), "{what}: {reason}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (what, _, want) in &cases {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("mesh protocol error") && l.contains("eu-west-1") && l.contains(want.as_str())),
+            "{what} is not logged with the peer's name:\n{text}"
+        );
+    }
+    // The node is unharmed.
+    let (status, _) = tickmesh::http_get::get(http, "/healthz", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 200);
 }

@@ -40,9 +40,34 @@ pub use record::{
     Side, Statistic, Status, Trade, TradingState, FLAG_CONFLATED, FORMAT_VERSION, HEADER_LEN,
 };
 
-/// Wall-clock now in ns since the Unix epoch (for `ts_ingest` and the synthetic feed).
+/// Wall-clock now in ns since the Unix epoch (for `ts_ingest`, heartbeats, readiness and
+/// the synthetic feed): the one place a node reads the wall clock, so the clock-skew test
+/// hook below applies everywhere at once.
+///
+/// **Test hook:** `TICKMESH_CLOCK_OFFSET_MS` (a signed integer, read once per process) is
+/// added to the system clock. The fault tests run one region 2 s ahead or behind the others
+/// to show that nothing depends on clocks agreeing across regions. Never set it in
+/// production; a node that runs with it logs a warning at start-up (see [`clock_offset_ms`]).
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    let sys =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    match clock_offset_ms() {
+        0 => sys,
+        ms => sys.saturating_add_signed(ms.saturating_mul(1_000_000)),
+    }
+}
+
+/// The test offset `now_ns` adds to the system clock, in ms (0: none). Parsed once from
+/// `TICKMESH_CLOCK_OFFSET_MS`; a value that is not an integer in ±1 day is ignored (0).
+pub fn clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("TICKMESH_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|ms| ms.abs() <= 86_400_000)
+            .unwrap_or(0)
+    })
 }
 
 #[cfg(test)]

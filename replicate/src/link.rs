@@ -30,7 +30,10 @@
 //!
 //! Every record is validated with `access_untrusted` and must belong to the stream's
 //! source and continue its `seq` with no gap; anything malformed closes that peer's
-//! connection with an [`Error::Protocol`] naming the peer (never a panic).
+//! connection with an [`Error::Protocol`] naming the peer (never a panic). A peer is the
+//! origin only of the sources its `HELLO` claims, and a claim on a source another region
+//! (or this node) is already home to is refused: a peer with a valid certificate cannot
+//! pass itself off as another region's origin (`tests/hostile_peer.rs`).
 //!
 //! # Routing
 //! For each source this node is not home to, the upstream is the origin region when its
@@ -481,6 +484,10 @@ pub struct MeshCore {
     /// Highest `seq` held per source (store at start, then every delivery).
     have: BTreeMap<SourceId, u64>,
     subs: BTreeMap<SourceId, Sub>,
+    /// The region each source is home to, from that region's own `HELLO` (or our config):
+    /// authoritative, unlike the origin a relay reports in its heartbeat. First claim wins
+    /// for the life of the core; a second region claiming the same source is refused.
+    home_of: BTreeMap<SourceId, String>,
     /// Allowed transfers not yet written to the audit trail, per (peer, source, direction).
     agg: BTreeMap<(String, SourceId, bool), Agg>,
     next_audit_flush: u64,
@@ -517,6 +524,7 @@ impl MeshCore {
         now: u64,
     ) -> Self {
         let have = store.positions().into_iter().collect();
+        let home_of = cfg.home.iter().map(|s| (*s, cfg.region.clone())).collect();
         let mut peers = BTreeMap::new();
         for p in &cfg.peers {
             peers.insert(p.clone(), Peer::new(true));
@@ -531,6 +539,7 @@ impl MeshCore {
             conns: BTreeMap::new(),
             have,
             subs: BTreeMap::new(),
+            home_of,
             agg: BTreeMap::new(),
             next_audit_flush: now + 1_000_000_000,
             actions: VecDeque::new(),
@@ -628,6 +637,20 @@ impl MeshCore {
 
     fn perr(&self, conn: ConnId, what: String) -> Error {
         let peer = self.conns.get(&conn).map(|c| c.peer.clone()).unwrap_or_else(|| format!("connection {conn}"));
+        // The text may quote the peer's bytes (JSON errors do): one bounded log line,
+        // control characters escaped, so a peer cannot forge log lines.
+        let what = if what.len() > 512 || what.chars().any(char::is_control) {
+            let mut w: String =
+                what.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect() } else { vec![c] }).collect();
+            if w.len() > 512 {
+                let cut = (0..=512).rev().find(|i| w.is_char_boundary(*i)).unwrap_or(0);
+                w.truncate(cut);
+                w.push_str("...");
+            }
+            w
+        } else {
+            what
+        };
         Error::Protocol { peer, what }
     }
 
@@ -781,7 +804,7 @@ impl MeshCore {
                 c.streams.insert(stream, StreamKind::Dead);
                 let r: Refused = serde_json::from_slice(&body)
                     .map_err(|e| self.perr(conn, format!("REFUSED is not valid JSON ({e})")))?;
-                tracing::warn!(peer = %peer, source = %src, reason = %r.reason, "peer refused to serve a source");
+                tracing::warn!(peer = %peer, source = %src, reason = ?r.reason, "peer refused to serve a source");
                 if let Some(sub) = self.subs.get_mut(&src) {
                     sub.upstream = None;
                     sub.denied_noted.insert(peer, true);
@@ -806,19 +829,26 @@ impl MeshCore {
         }
         let Some(c) = self.conns.get_mut(&conn) else { return Ok(()) };
         if h.region != c.peer {
-            let what = format!("says it is region {} but its certificate names {}", h.region, c.peer);
+            // Escaped and cut: the text is the peer's and ends up in log lines.
+            let claimed: String = h.region.chars().take(64).flat_map(char::escape_debug).collect();
+            let what = format!("says it is region {claimed} but its certificate names {}", c.peer);
             return Err(self.perr(conn, what));
         }
+        let peer = c.peer.clone();
+        let home = self.check_home_claims(conn, &peer, &h.home)?;
+        let Some(c) = self.conns.get_mut(&conn) else { return Ok(()) };
         c.hello = true;
         let dir = c.dir;
-        let peer = c.peer.clone();
+        for src in &home {
+            self.home_of.insert(*src, peer.clone());
+            // The origin's own word overrides what a relay reported.
+            self.subs.entry(*src).or_default().origin = peer.clone();
+        }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.info.role = Some(h.role);
             p.last_heard = self.now;
-            for s in &h.home {
-                if let Ok(src) = SourceId::new(s) {
-                    p.info.sources.entry(src).or_insert((0, peer.clone())).1 = peer.clone();
-                }
+            for src in home {
+                p.info.sources.entry(src).or_insert((0, peer.clone())).1 = peer.clone();
             }
         }
         if dir == ConnDir::Accepted {
@@ -828,6 +858,23 @@ impl MeshCore {
         self.heartbeat(conn);
         self.route();
         Ok(())
+    }
+
+    /// The home sources a `HELLO` from `peer` claims, refused when another region is
+    /// already known as home to one of them (ours included): a peer with a valid
+    /// certificate must not pass itself off as another region's origin and feed us
+    /// records of its source.
+    fn check_home_claims(&self, conn: ConnId, peer: &str, claims: &[String]) -> Result<Vec<SourceId>> {
+        let mut out = Vec::with_capacity(claims.len().min(1024));
+        for s in claims {
+            let src =
+                SourceId::new(s).map_err(|e| self.perr(conn, format!("HELLO claims an invalid home source ({e})")))?;
+            if let Some(owner) = self.home_of.get(&src).filter(|o| o.as_str() != peer) {
+                return Err(self.perr(conn, format!("claims to be home to {src}, which is home to region {owner}")));
+            }
+            out.push(src);
+        }
+        Ok(out)
     }
 
     fn on_heartbeat(&mut self, conn: ConnId, body: &[u8]) -> Result<()> {
@@ -845,20 +892,26 @@ impl MeshCore {
             p.rtt_ns = if p.rtt_ns == 0 { rtt } else { (p.rtt_ns * 7 + rtt) / 8 };
         }
         if dir == ConnDir::Dialed {
-            p.last_heard = now;
-            p.info.links = hb.links;
             let mut sources = BTreeMap::new();
             for h in hb.sources {
                 if let Ok(src) = SourceId::new(&h.src) {
+                    // A region is origin only of what its hello claimed (checked there).
+                    if h.origin == peer && self.home_of.get(&src) != Some(&peer) {
+                        let what = format!("heartbeat claims to be the origin of {src}, which its hello did not claim");
+                        return Err(Error::Protocol { peer, what });
+                    }
                     sources.insert(src, (h.seq, h.origin));
                 }
             }
+            let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+            p.last_heard = now;
+            p.info.links = hb.links;
             p.info.sources = sources;
             for (src, (_, origin)) in &p.info.sources {
                 if !origin.is_empty() && !self.cfg.home.contains(src) {
                     let sub = self.subs.entry(*src).or_default();
                     if sub.origin.is_empty() {
-                        sub.origin = origin.clone();
+                        sub.origin = self.home_of.get(src).unwrap_or(origin).clone();
                     }
                 }
             }

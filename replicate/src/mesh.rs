@@ -129,6 +129,9 @@ pub struct PeerState {
     pub lost_packets: u64,
     /// Records it sent that we already held (expected 0).
     pub duplicates: u64,
+    /// Protocol violations that closed one of its connections (malformed or forged
+    /// messages; expected 0).
+    pub protocol_errors: u64,
     /// Its role, once it said hello.
     pub role: Option<Role>,
 }
@@ -734,6 +737,7 @@ impl Driver {
                 bytes_out: v.stats.bytes_out,
                 lost_packets: lost.get(v.region.as_str()).copied().unwrap_or(0),
                 duplicates: v.stats.duplicates,
+                protocol_errors: v.stats.protocol_errors,
                 role: v.role,
                 region: v.region,
             })
@@ -750,6 +754,7 @@ impl Driver {
                 metrics::counter!("tickmesh_mesh_bytes_sent_total", &l).absolute(p.bytes_out);
                 metrics::counter!("tickmesh_mesh_lost_packets_total", &l).absolute(p.lost_packets);
                 metrics::counter!("tickmesh_mesh_duplicates_dropped_total", &l).absolute(p.duplicates);
+                metrics::counter!("tickmesh_mesh_protocol_errors_total", &l).absolute(p.protocol_errors);
                 metrics::gauge!("tickmesh_mesh_peer_up", &l).set(if p.receiving { 1.0 } else { 0.0 });
             }
             for s in &sources {

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -56,6 +56,8 @@ impl LinkModel {
 pub struct Relay {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Loss set at run time, parts per million (added to the model's by taking the larger).
+    loss_ppm: Arc<AtomicU32>,
 }
 
 impl Relay {
@@ -66,12 +68,14 @@ impl Relay {
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
+        let loss_ppm = Arc::new(AtomicU32::new(0));
         // The dialer's address, learned from its first datagram (one dialer per relay).
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
         {
             let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
+            let loss = loss_ppm.clone();
             tokio::spawn(async move {
-                pump(front, back, model, cut, seed, move |from| {
+                pump(front, back, model, (cut, loss), seed, move |from| {
                     *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
                     Some(target)
                 })
@@ -80,14 +84,15 @@ impl Relay {
         }
         {
             let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
+            let loss = loss_ppm.clone();
             tokio::spawn(async move {
-                pump(back, front, model, cut, seed ^ 0x9E37_79B9, move |_| {
+                pump(back, front, model, (cut, loss), seed ^ 0x9E37_79B9, move |_| {
                     *client.lock().unwrap_or_else(|e| e.into_inner())
                 })
                 .await
             });
         }
-        Ok(Relay { addr, cut })
+        Ok(Relay { addr, cut, loss_ppm })
     }
 
     /// Where the dialer should send.
@@ -99,6 +104,13 @@ impl Relay {
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::Relaxed);
     }
+
+    /// Drops this share (0.0 to 1.0) of the datagrams both ways from now on, on top of the
+    /// model's loss (the larger applies); 0.0 goes back to the model's.
+    pub fn set_loss(&self, share: f64) {
+        let ppm = (share.clamp(0.0, 1.0) * 1e6).round() as u32;
+        self.loss_ppm.store(ppm, Ordering::Relaxed);
+    }
 }
 
 /// Receives on `rx`, holds each datagram per `model`, sends it on `tx` to `dest(from)`.
@@ -106,7 +118,7 @@ async fn pump(
     rx: Arc<UdpSocket>,
     tx: Arc<UdpSocket>,
     model: LinkModel,
-    cut: Arc<AtomicBool>,
+    (cut, loss_ppm): (Arc<AtomicBool>, Arc<AtomicU32>),
     seed: u64,
     mut dest: impl FnMut(SocketAddr) -> Option<SocketAddr>,
 ) {
@@ -124,6 +136,8 @@ async fn pump(
                 }
                 let Some(to) = dest(from) else { continue };
                 let last = queue.back().map(|(at, _, _)| *at);
+                let extra = f64::from(loss_ppm.load(Ordering::Relaxed)) / 1e6;
+                let model = LinkModel { loss: model.loss.max(extra), ..model };
                 if let Some(at) = model.schedule(Instant::now(), last, rng.random(), rng.random()) {
                     queue.push_back((at, to, buf[..n].to_vec()));
                 }
@@ -176,5 +190,14 @@ mod tests {
         client.send_to(b"lost", relay.addr()).await.unwrap();
         let r = tokio::time::timeout(Duration::from_millis(300), server.recv_from(&mut buf)).await;
         assert!(r.is_err(), "a cut link delivers nothing");
+        relay.set_cut(false);
+        relay.set_loss(1.0);
+        client.send_to(b"lost", relay.addr()).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(300), server.recv_from(&mut buf)).await;
+        assert!(r.is_err(), "a link losing everything delivers nothing");
+        relay.set_loss(0.0);
+        client.send_to(b"back", relay.addr()).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), server.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"back", "loss set back to 0 delivers again");
     }
 }
