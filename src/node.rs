@@ -57,6 +57,10 @@ pub struct Node {
     trading: crate::tiers::trading::TradingTier,
     trading_hub: Arc<std::sync::RwLock<Option<Sender<HubMsg>>>>,
     users: Option<Arc<crate::tiers::userdata::UserTier>>,
+    /// Drain state and open sessions (a graceful stop is a drain with reason `shutdown`).
+    shared: Arc<GatewayShared>,
+    /// Tells peers this node's state (active / draining).
+    mesh_ctl: Option<MeshHandle>,
 }
 
 impl std::fmt::Debug for Node {
@@ -116,7 +120,7 @@ impl Node {
         }
         let render = metrics.clone();
         let shared = Arc::new(GatewayShared::new(cfg.region.clone(), verifier, Box::new(move || render.render())));
-        shared.set_regions(hello_regions(&cfg, None));
+        shared.set_regions(hello_regions(&cfg, None, 0));
         for (src, seq) in journal.positions() {
             shared.note_position(src, seq);
         }
@@ -272,6 +276,7 @@ impl Node {
         };
 
         let stop = Arc::new(AtomicBool::new(false));
+        spawn_state_watch(view.clone(), stop.clone()).context("starting the region-state thread")?;
         let mut ingest = Vec::new();
         for f in &cfg.feeds {
             match f {
@@ -322,6 +327,8 @@ impl Node {
             trading,
             trading_hub,
             users,
+            mesh_ctl: view.mesh_ctl.get().cloned(),
+            shared,
         })
     }
 
@@ -350,14 +357,42 @@ impl Node {
         &self.cfg.region
     }
 
-    /// Stops cleanly: ingest first, then the hub drains into the journal, then clients and
-    /// peers are closed, and the journal is synced.
+    /// Stops gracefully: a drain with reason `shutdown` (PROTOCOL.md "Drain and failover").
+    ///
+    /// 1. At once: `/readyz` turns 503 (the load balancer stops sending), upgrades get 503
+    ///    naming the next region, every client gets `reconnect` (reason `shutdown`, the next
+    ///    healthy region), and peers hear in the next heartbeat that this region is draining
+    ///    (they drop it from route answers and `hello` lists).
+    /// 2. Home feeds stop; the mesh keeps running, so the last home records reach the
+    ///    peers while clients move there and `resume`.
+    /// 3. Wait until every client left or `gateway.shutdown_grace_ms` passed (default
+    ///    1.5 s), then close the rest with 1012, stop the mesh, let the hub drain into the
+    ///    journal, and sync it.
     pub fn shutdown(mut self) {
+        let grace = Duration::from_millis(self.cfg.gateway.shutdown_grace_ms);
+        if self.gateway.is_some() {
+            let plan = self.shared.start_drain_for(tickmesh_gateway::drain::DrainReason::Shutdown, grace);
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                clients = self.shared.sessions(),
+                next = ?plan.next.as_ref().map(|n| &n.region),
+                "shutting down: clients told to reconnect to the next region"
+            );
+        }
+        if let Some(m) = &self.mesh_ctl {
+            let _ = m.set_draining(true);
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.ingest.drain(..) {
             let _ = t.join();
         }
         if let Some(g) = self.gateway.take() {
+            // The cores close the clients still here with 1012 at the end of the grace
+            // (their drain tick runs every heartbeat_ms / 10, at most 100 ms): allow two.
+            let deadline = std::time::Instant::now() + grace + Duration::from_millis(200);
+            while self.shared.sessions() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             g.shutdown();
         }
         if let Some(m) = self.mesh.take() {
@@ -422,18 +457,68 @@ fn trim_newline(b: &[u8]) -> &[u8] {
     b
 }
 
+/// How long after start a peer not heard from yet counts as unknown, not down: links take
+/// a dial and a heartbeat to come up, and a list without them would leave early clients
+/// (and a stop's `reconnect`) nowhere to go.
+const PEERS_SETTLE_NS: u64 = 5_000_000_000;
+
 /// The `hello` failover list: this region first, then the others by round-trip time,
-/// leaving out regions known to be down.
-fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>) -> Vec<RegionLink> {
+/// leaving out regions that are draining (their heartbeat says so) or known to be down
+/// (no link, once `PEERS_SETTLE_NS` after start has passed). If that leaves no other
+/// region, the non-draining ones are listed anyway: a guess beats no failover target.
+fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>, since_start_ns: u64) -> Vec<RegionLink> {
     let names: Vec<String> = cfg.regions.iter().map(|r| r.region.clone()).collect();
-    let down: Vec<String> =
-        mesh.map(|m| m.peers().into_iter().filter(|p| !p.receiving).map(|p| p.region).collect()).unwrap_or_default();
-    crate::regions::failover_order(&cfg.region, &names)
-        .into_iter()
-        .filter(|r| !down.contains(r))
-        .filter_map(|r| cfg.regions.iter().find(|e| e.region == r))
-        .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
-        .collect()
+    let peers = mesh.map(|m| m.peers()).unwrap_or_default();
+    let draining: Vec<&str> = peers.iter().filter(|p| p.draining).map(|p| p.region.as_str()).collect();
+    let settled = since_start_ns >= PEERS_SETTLE_NS;
+    let down: Vec<&str> = peers.iter().filter(|p| settled && !p.receiving).map(|p| p.region.as_str()).collect();
+    let order = crate::regions::failover_order(&cfg.region, &names);
+    let list = |skip_down: bool| -> Vec<RegionLink> {
+        order
+            .iter()
+            .filter(|r| !draining.contains(&r.as_str()) && !(skip_down && down.contains(&r.as_str())))
+            .filter_map(|r| cfg.regions.iter().find(|e| e.region == *r))
+            .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
+            .collect()
+    };
+    let up = list(true);
+    if up.iter().any(|l| l.region != cfg.region) {
+        up
+    } else {
+        list(false)
+    }
+}
+
+/// How often the `region-state` thread looks at the drain flag and the peers.
+const STATE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Starts the `region-state` thread: it tells the mesh when this region's drain flag
+/// changes (an admin drain or undrain; peers then see it in the heartbeat), and keeps the
+/// `hello` failover list current (peers that went down or are draining leave it, so
+/// `reconnect` and new clients name a region that takes them). Ends with the node.
+fn spawn_state_watch(view: Arc<NodeView>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(&view);
+    drop(view);
+    std::thread::Builder::new().name("region-state".into()).spawn(move || {
+        let mut told = false;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(v) = weak.upgrade() else { return };
+            let draining = v.shared.is_draining();
+            if draining != told {
+                if let Some(m) = v.mesh_ctl.get() {
+                    if m.set_draining(draining).is_err() {
+                        return; // the mesh stopped: the node is going away
+                    }
+                }
+                told = draining;
+            }
+            let since = tickmesh_codec::now_ns().saturating_sub(v.started_ns);
+            v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref()), since));
+            drop(v);
+            std::thread::sleep(STATE_WATCH_EVERY);
+        }
+    })?;
+    Ok(())
 }
 
 /// Where the hub's records go once journaled, besides the journal itself.
@@ -863,7 +948,8 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
     }
     let names: Vec<String> = entries.iter().map(|r| r.region.clone()).collect();
     // Refresh the hello list while we are at it: regions that went down leave it.
-    v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref())));
+    let since = tickmesh_codec::now_ns().saturating_sub(v.started_ns);
+    v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref()), since));
     let out: Vec<serde_json::Value> = crate::regions::failover_order(&v.cfg.region, &names)
         .into_iter()
         .filter_map(|r| entries.iter().find(|e| e.region == r))
@@ -880,7 +966,7 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
             let me = e.region == v.cfg.region;
             let peer = peers.iter().find(|p| p.region == e.region);
             let healthy = me || peer.is_some_and(|p| p.receiving);
-            let state = if me && v.shared.is_draining() {
+            let state = if (me && v.shared.is_draining()) || (healthy && peer.is_some_and(|p| p.draining)) {
                 "draining"
             } else if healthy {
                 "active"

@@ -65,6 +65,13 @@ pub struct GatewayConfig {
     /// within this many milliseconds of connecting, or it is closed: a slow-loris client
     /// cannot hold a socket open by trickling bytes. Default 10,000.
     pub handshake_timeout_ms: u64,
+    /// On a graceful stop (SIGTERM, `Node::shutdown`) clients are sent `reconnect` with
+    /// reason `shutdown` and the next region, and the process waits up to this long for
+    /// them to leave before closing the rest with 1012. Default 1,500 ms: enough for a
+    /// client to open its next connection, and well inside a Kubernetes
+    /// `terminationGracePeriodSeconds` of 30 s (keep it under that period minus a few
+    /// seconds for the journal sync). 0 closes at once (still with `reconnect` first).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +88,7 @@ impl Default for GatewayConfig {
             max_requests_per_sec: 50,
             io_backend: "auto".into(),
             handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 1_500,
         }
     }
 }
@@ -97,6 +105,12 @@ impl GatewayConfig {
                 ));
                 break;
             }
+        }
+        if self.shutdown_grace_ms > 25_000 {
+            problems.push(format!(
+                "gateway.shutdown_grace_ms = {} is too long; use 0 to 25000 (default 1500) so a stop fits a 30 s termination grace period",
+                self.shutdown_grace_ms
+            ));
         }
         if !(50..=60_000).contains(&self.heartbeat_ms) {
             problems.push(format!(

@@ -300,6 +300,11 @@ pub struct Heartbeat {
     pub sources: Vec<Held>,
     /// The sender's links.
     pub links: Vec<LinkInfo>,
+    /// The sender is draining (an operator drain or a graceful stop): peers leave it out
+    /// of route answers and failover lists. Absent (false) from senders that predate it,
+    /// and omitted when false, so either side may be older.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// `SUBSCRIBE`.
@@ -354,6 +359,8 @@ pub struct PeerView {
     pub rtt_us: u64,
     /// The peer's role (from its hello).
     pub role: Option<Role>,
+    /// The peer says it is draining (from its heartbeats on our dialed link).
+    pub draining: bool,
     /// Counters.
     pub stats: LinkStats,
 }
@@ -378,6 +385,7 @@ pub struct SourceView {
 #[derive(Debug, Default)]
 struct PeerInfo {
     role: Option<Role>,
+    draining: bool,
     sources: BTreeMap<SourceId, (u64, String)>,
     links: Vec<LinkInfo>,
 }
@@ -483,6 +491,8 @@ pub struct MeshCore {
     next_audit_flush: u64,
     actions: VecDeque<Action>,
     batch: Vec<u8>,
+    /// This node is draining (told to peers in every heartbeat).
+    draining: bool,
 }
 
 impl std::fmt::Debug for MeshCore {
@@ -532,6 +542,20 @@ impl MeshCore {
             next_audit_flush: now + 1_000_000_000,
             actions: VecDeque::new(),
             batch: Vec::new(),
+            draining: false,
+        }
+    }
+
+    /// Marks this node draining (or active again). Every connection gets a heartbeat at
+    /// once, so peers learn it within one round trip instead of one heartbeat interval.
+    pub fn set_draining(&mut self, draining: bool) {
+        if self.draining == draining {
+            return;
+        }
+        self.draining = draining;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for c in conns {
+            self.heartbeat(c);
         }
     }
 
@@ -844,6 +868,7 @@ impl MeshCore {
         if dir == ConnDir::Dialed {
             p.last_heard = now;
             p.info.links = hb.links;
+            p.info.draining = hb.draining;
             let mut sources = BTreeMap::new();
             for h in hb.sources {
                 if let Ok(src) = SourceId::new(&h.src) {
@@ -1171,6 +1196,7 @@ impl MeshCore {
             hold: if c.last_t > 0 { now - c.last_t_at } else { 0 },
             sources,
             links,
+            draining: self.draining,
         };
         self.actions.push_back(Action::Send { conn, stream, bytes: json_message(HEARTBEAT, &hb), ack: false });
     }
@@ -1333,6 +1359,7 @@ impl MeshCore {
                 serving: !p.accepted.is_empty(),
                 rtt_us: p.rtt_ns / 1000,
                 role: p.info.role,
+                draining: p.info.draining,
                 stats: p.stats.clone(),
             })
             .collect()
@@ -1441,6 +1468,7 @@ mod tests {
             hold: 0,
             sources: vec![Held { src: "TEST.SRC".into(), seq: 5, origin: "b".into() }],
             links: vec![],
+            draining: false,
         };
         c.handle(4, Event::Data { conn: 1, stream: 0, bytes: json_message(HEARTBEAT, &hb) }).unwrap();
         c.handle(5, Event::Tick).unwrap();

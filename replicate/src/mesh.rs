@@ -126,6 +126,9 @@ pub struct PeerState {
     pub duplicates: u64,
     /// Its role, once it said hello.
     pub role: Option<Role>,
+    /// It says it is draining (operator drain or graceful stop): still reachable, but it
+    /// belongs in no route answer and no failover list.
+    pub draining: bool,
 }
 
 /// Shared status of the mesh, read by `/readyz`, `/v1/regions` and metrics. Refreshed by
@@ -160,6 +163,7 @@ pub type Inbound = Arc<dyn Fn(Bytes) + Send + Sync>;
 enum Command {
     AddPeer(PeerConfig),
     RemovePeer(String),
+    SetDraining(bool),
 }
 
 /// A running mesh.
@@ -190,6 +194,14 @@ impl MeshHandle {
     pub fn remove_peer(&self, region: &str) -> Result<()> {
         self.cmds
             .send(Command::RemovePeer(region.to_owned()))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Tells every peer, in the heartbeat, that this node is draining (or active again):
+    /// their `/v1/regions`, `/v1/route` and `hello` lists leave it out meanwhile.
+    pub fn set_draining(&self, draining: bool) -> Result<()> {
+        self.cmds
+            .send(Command::SetDraining(draining))
             .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
     }
 }
@@ -458,6 +470,13 @@ impl Driver {
                 }
                 self.event(Event::RemovePeer(r));
             }
+            Command::SetDraining(on) => {
+                tracing::info!(draining = on, "telling mesh peers this node's state");
+                self.core.set_draining(on);
+                while let Some(a) = self.core.poll_action() {
+                    self.action(a);
+                }
+            }
         }
     }
 
@@ -640,6 +659,7 @@ impl Driver {
                 lost_packets: lost.get(v.region.as_str()).copied().unwrap_or(0),
                 duplicates: v.stats.duplicates,
                 role: v.role,
+                draining: v.draining,
                 region: v.region,
             })
             .collect();
