@@ -1501,4 +1501,40 @@ mod tests {
         assert!(e.to_string().contains("gap"), "{e}");
         assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Deliver { .. })));
     }
+
+    #[test]
+    fn draining_travels_in_the_heartbeat_and_old_heartbeats_read_as_active() {
+        let mut c = core("a", &["b"]);
+        c.handle(1, Event::Tick).unwrap();
+        drain(&mut c);
+        c.handle(2, Event::Connected { conn: 1, peer: "b".into(), dir: ConnDir::Dialed }).unwrap();
+        let hello = Hello { version: VERSION, region: "b".into(), role: Role::All, home: vec![] };
+        c.handle(3, Event::Data { conn: 1, stream: 0, bytes: json_message(HELLO, &hello) }).unwrap();
+        drain(&mut c);
+        // The peer says it drains; then a heartbeat without the field (an older peer).
+        let hb = |t: u64, extra: &str| {
+            let body = format!(r#"{{"t":{t},"echo":0,"hold":0,"sources":[],"links":[]{extra}}}"#);
+            message(HEARTBEAT, body.as_bytes())
+        };
+        c.handle(4, Event::Data { conn: 1, stream: 0, bytes: hb(4, r#","draining":true"#) }).unwrap();
+        assert!(c.peers().iter().any(|p| p.region == "b" && p.draining));
+        c.handle(5, Event::Data { conn: 1, stream: 0, bytes: hb(5, "") }).unwrap();
+        assert!(c.peers().iter().all(|p| !p.draining));
+        // Our own drain goes out at once, on every connection; undrain omits the field.
+        c.set_draining(true);
+        let sent: Vec<Bytes> = drain(&mut c)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { conn: 1, bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "one heartbeat on the one connection");
+        let hb: Heartbeat = serde_json::from_slice(&sent[0][5..]).unwrap();
+        assert!(hb.draining);
+        c.set_draining(false);
+        let sent = drain(&mut c);
+        let Some(Action::Send { bytes, .. }) = sent.first() else { panic!("no heartbeat after undrain: {sent:?}") };
+        assert!(!String::from_utf8_lossy(&bytes[5..]).contains("draining"));
+    }
 }
