@@ -35,6 +35,37 @@ use tickmesh_codec::frame::MAX_RECORD_LEN;
 use tickmesh_codec::HEADER_LEN;
 use tickmesh_replicate::audit::{Head, HEAD_FILE, LOG_FILE};
 
+/// Left in the state directory by `restore` and `recover apply`. A node that finds it holds
+/// its home feeds until a mesh peer has reported how far it holds them (and the node has
+/// taken whatever it lacks): a backup is older than what the peers received, and the feeds
+/// must continue after the peers' last `seq`, never reuse one. The node removes it then;
+/// `tickmesh node --home-without-peers` removes it at start (the operator's override).
+pub const RESTORED_MARKER: &str = "restored-from-backup.json";
+
+/// Writes [`RESTORED_MARKER`] (what was restored, for the operator who finds it).
+fn mark_restored(state_dir: &Path, from: &[String], at: Option<u64>) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "restored_ns": tickmesh_codec::now_ns(), "from": from, "at": at,
+        "meaning": "the node holds its home feeds until a mesh peer reports their positions; see tickmesh node --home-without-peers",
+    });
+    let path = state_dir.join(RESTORED_MARKER);
+    std::fs::write(&path, serde_json::to_vec_pretty(&body)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `tickmesh node --home-without-peers`: removes [`RESTORED_MARKER`], so the node starts
+/// its home feeds after its own journal if no peer reports within a few seconds.
+pub fn start_home_without_peers(state_dir: &Path) -> anyhow::Result<()> {
+    let path = state_dir.join(RESTORED_MARKER);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::warn!(file = %path.display(), "--home-without-peers: home feeds will not wait for a peer; seqs peers already hold may be reused");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
 /// One segment in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
@@ -537,6 +568,7 @@ pub fn restore(target: &Target, state_dir: &Path, at: Option<u64>) -> anyhow::Re
     } else {
         restore_audit(target, &m, &audit_dir, at)?
     };
+    mark_restored(state_dir, &[target.root.display().to_string()], at)?;
     Ok(RestoreReport { manifest: m.number, sources, audit_entries })
 }
 
@@ -789,6 +821,7 @@ pub fn apply(p: &RecoverPlan) -> anyhow::Result<ApplyReport> {
     let audit_entries =
         if p.restore_audit { restore_audit(&targets[0], &manifests[0], &p.state_dir.join("audit"), p.at)? } else { 0 };
     check_journal(&journal_dir)?;
+    mark_restored(&p.state_dir, &p.from, p.at)?;
     Ok(ApplyReport { restored, kept, moved_aside: moved.then_some(aside), audit_entries })
 }
 

@@ -88,6 +88,8 @@ struct NodeView {
     policy: Arc<tickmesh_replicate::ResidencyPolicy>,
     /// The audit trail of cross-region transfers (`<state_dir>/audit`), served at /v1/audit.
     audit: Option<Arc<tickmesh_replicate::AuditLog>>,
+    /// Why the home feeds have not started yet (None: they run, or there are none).
+    home_held: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Node {
@@ -144,6 +146,7 @@ impl Node {
             route: crate::route_http::RouteService::new(&cfg, shared.clone()),
             policy: policy.clone(),
             audit: Some(audit.clone()),
+            home_held: Default::default(),
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
         let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
@@ -277,7 +280,9 @@ impl Node {
 
         let stop = Arc::new(AtomicBool::new(false));
         spawn_state_watch(view.clone(), stop.clone()).context("starting the region-state thread")?;
-        let mut ingest = Vec::new();
+        // Each feed's thread, started at once or, with a mesh, once the peers confirmed
+        // where the home sources stand (`home_gate`).
+        let mut starters: Vec<FeedStarter> = Vec::new();
         for f in &cfg.feeds {
             match f {
                 FeedConfig::Synthetic(s) => {
@@ -287,16 +292,13 @@ impl Node {
                     let stop = stop.clone();
                     let rate = s.rate;
                     let shared = shared.clone();
-                    ingest.push(
-                        std::thread::Builder::new()
-                            .name(format!("ingest-{src}"))
-                            .spawn(move || {
-                                let _root =
-                                    tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
-                                run_synthetic(feed, rate, tx, stop, shared)
-                            })
-                            .context("starting an ingest thread")?,
-                    );
+                    starters.push(Box::new(move || {
+                        std::thread::Builder::new().name(format!("ingest-{src}")).spawn(move || {
+                            let _root =
+                                tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
+                            run_synthetic(feed, rate, tx, stop, shared)
+                        })
+                    }));
                 }
                 FeedConfig::Capture(_) => {}
             }
@@ -305,15 +307,40 @@ impl Node {
             let tx = hub_tx.clone();
             let stop = stop.clone();
             let region = cfg.region.clone();
-            ingest.push(
-                std::thread::Builder::new()
-                    .name(format!("ingest-{src}"))
-                    .spawn(move || {
-                        let _root = tracing::info_span!("ingest", region, source = %src).entered();
-                        run_capture(recs, rate, recorded, tx, stop)
-                    })
-                    .context("starting an ingest thread")?,
-            );
+            starters.push(Box::new(move || {
+                std::thread::Builder::new().name(format!("ingest-{src}")).spawn(move || {
+                    let _root = tracing::info_span!("ingest", region, source = %src).entered();
+                    run_capture(recs, rate, recorded, tx, stop)
+                })
+            }));
+        }
+        let mut ingest = Vec::new();
+        match (view.mesh.get(), view.mesh_ctl.get()) {
+            (Some(status), Some(ctl)) if !home.is_empty() && !starters.is_empty() => {
+                ctl.recover_home().context("starting the home-source check")?;
+                let gate = HomeGateInputs {
+                    region: cfg.region.clone(),
+                    state_dir: cfg.state_dir.clone(),
+                    strict: cfg.state_dir.join(crate::dr::RESTORED_MARKER).exists(),
+                    peers: cfg.mesh.as_ref().map(|m| m.peers.len()).unwrap_or(0),
+                    status: status.clone(),
+                    ctl: ctl.clone(),
+                    journal: journal.clone(),
+                    held: view.home_held.clone(),
+                    stop: stop.clone(),
+                };
+                ingest.push(
+                    std::thread::Builder::new()
+                        .name("home-gate".into())
+                        .spawn(move || run_home_gate(gate, starters))
+                        .context("starting the home-gate thread")?,
+                );
+            }
+            _ => {
+                for start in starters {
+                    ingest.push(start().context("starting an ingest thread")?);
+                }
+            }
         }
         Ok(Node {
             cfg,
@@ -486,6 +513,136 @@ fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>, since_start_ns: u6
         up
     } else {
         list(false)
+    }
+}
+
+/// Starts one feed's ingest thread.
+type FeedStarter = Box<dyn FnOnce() -> std::io::Result<JoinHandle<()>> + Send>;
+
+/// How long a node whose journal was not restored waits for its peers to report before its
+/// home feeds start anyway (a region starting alone, or the first region of a mesh).
+const HOME_WAIT_NS: u64 = 3_000_000_000;
+
+/// What `run_home_gate` needs.
+struct HomeGateInputs {
+    region: String,
+    state_dir: std::path::PathBuf,
+    /// The journal came from a backup (`restore` / `recover apply` left the marker): the
+    /// feeds wait for a peer however long it takes.
+    strict: bool,
+    /// Configured peers.
+    peers: usize,
+    status: Arc<MeshStatus>,
+    ctl: MeshHandle,
+    journal: Arc<Journal>,
+    held: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The gate's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum HomeGate {
+    /// Hold the feeds, for this reason.
+    Wait(String),
+    /// Start them (the reason is logged).
+    Start(String),
+}
+
+/// May the home feeds start? Only once no peer holds a record of a home source beyond this
+/// node's journal (else the sequencer would give new records numbers peers already hold
+/// for others). `journaled` is this node's last `seq` of a source; `home` is what the
+/// reporting peers hold (`MeshStatus::home`); `elapsed_ns` counts from the node's start.
+fn home_gate(
+    strict: bool,
+    peers: usize,
+    elapsed_ns: u64,
+    home: &[tickmesh_replicate::HomeView],
+    journaled: impl Fn(&str) -> u64,
+) -> HomeGate {
+    let mut reporters: Vec<&str> = home.iter().flat_map(|h| h.reported_by.iter().map(String::as_str)).collect();
+    reporters.sort_unstable();
+    reporters.dedup();
+    if reporters.is_empty() {
+        return if strict {
+            HomeGate::Wait(
+                "the journal was restored from a backup and no peer has reported its positions yet; the home feeds start once a peer is reachable (to start them now, accepting that seqs the peers hold may be reused, restart with `tickmesh node --home-without-peers`)".into(),
+            )
+        } else if elapsed_ns >= HOME_WAIT_NS {
+            HomeGate::Start(format!(
+                "no peer reported within {} s; starting after the journal's own positions",
+                HOME_WAIT_NS / 1_000_000_000
+            ))
+        } else {
+            HomeGate::Wait("waiting for a peer to report the home sources' positions".into())
+        };
+    }
+    for h in home {
+        let ours = journaled(&h.src);
+        if ours < h.peers_seq {
+            return HomeGate::Wait(format!(
+                "{}: journal at seq {ours}, peers hold up to {}; taking the rest from them",
+                h.src, h.peers_seq
+            ));
+        }
+    }
+    if reporters.len() < peers && elapsed_ns < HOME_WAIT_NS {
+        return HomeGate::Wait(format!("{} of {peers} peers reported; waiting for the others", reporters.len()));
+    }
+    let at: Vec<String> = home.iter().map(|h| format!("{} after seq {}", h.src, journaled(&h.src))).collect();
+    HomeGate::Start(format!("peers {} reported; home sources continue: {}", reporters.join(", "), at.join(", ")))
+}
+
+/// The `home-gate` thread: holds the home feeds until `home_gate` says go, then starts
+/// them and waits for them (so `Node::shutdown` joins them through this thread).
+fn run_home_gate(g: HomeGateInputs, starters: Vec<FeedStarter>) {
+    let _root = tracing::info_span!("home-gate", region = %g.region).entered();
+    let started = std::time::Instant::now();
+    let mut last_log: Option<(std::time::Instant, String)> = None;
+    let go = loop {
+        if g.stop.load(Ordering::Relaxed) {
+            *g.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        let home = g.status.home();
+        let elapsed = started.elapsed().as_nanos() as u64;
+        let decision = if home.is_empty() {
+            // The mesh has not published its first status yet.
+            HomeGate::Wait("the mesh is starting".into())
+        } else {
+            let journaled = |src: &str| SourceId::new(src).ok().and_then(|s| g.journal.last_seq(&s)).unwrap_or(0);
+            home_gate(g.strict, g.peers, elapsed, &home, journaled)
+        };
+        match decision {
+            HomeGate::Start(why) => break why,
+            HomeGate::Wait(why) => {
+                let due = last_log.as_ref().is_none_or(|(t, w)| *w != why || t.elapsed() >= Duration::from_secs(10));
+                if due {
+                    tracing::warn!(reason = %why, "home feeds held");
+                    last_log = Some((std::time::Instant::now(), why.clone()));
+                }
+                *g.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = g.ctl.end_home_recovery();
+    let marker = g.state_dir.join(crate::dr::RESTORED_MARKER);
+    if marker.exists() {
+        if let Err(e) = std::fs::remove_file(&marker) {
+            tracing::error!(file = %marker.display(), error = %e, "cannot remove the restore marker; the next start waits for a peer again");
+        }
+    }
+    tracing::info!(reason = %go, waited_ms = started.elapsed().as_millis() as u64, "home feeds start");
+    *g.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let mut threads = Vec::new();
+    for start in starters {
+        match start() {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start an ingest thread"),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
     }
 }
 
@@ -887,6 +1044,9 @@ fn not_ready_reasons(v: &NodeView, now_ns: u64, peers: &[tickmesh_replicate::Pee
     if v.shared.is_draining() {
         reasons.push(format!("region {} is draining", v.cfg.region));
     }
+    if let Some(why) = v.home_held.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        reasons.push(format!("home feeds not started: {why}"));
+    }
     let limit = v.cfg.ready.max_feed_staleness_ms;
     if limit > 0 {
         let last = v.home_last.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -1007,6 +1167,7 @@ mod tests {
             started_ns: 1_000_000_000,
             policy: Arc::new(tickmesh_replicate::ResidencyPolicy::new(&Default::default())),
             audit: None,
+            home_held: Default::default(),
         }
     }
 
@@ -1034,5 +1195,31 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
         let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)]);
         assert!(r[0].starts_with("journal directory is not writable"), "{r:?}");
+    }
+
+    #[test]
+    fn home_feeds_wait_for_the_peers_positions() {
+        let hv = |seq, peers_seq, by: &[&str]| tickmesh_replicate::HomeView {
+            src: "SYN.USE1".into(),
+            seq,
+            peers_seq,
+            reported_by: by.iter().map(|s| s.to_string()).collect(),
+        };
+        let start = |g: &HomeGate| matches!(g, HomeGate::Start(_));
+        // Restored: no peer yet means wait, however long; the message names the override.
+        let g = home_gate(true, 2, 60_000_000_000, &[hv(100, 0, &[])], |_| 100);
+        assert!(matches!(&g, HomeGate::Wait(w) if w.contains("--home-without-peers")), "{g:?}");
+        // Not restored: a lone region starts after the wait.
+        assert!(!start(&home_gate(false, 2, 1_000_000_000, &[hv(100, 0, &[])], |_| 100)));
+        assert!(start(&home_gate(false, 2, HOME_WAIT_NS, &[hv(100, 0, &[])], |_| 100)));
+        // A peer holds more: wait until the journal has it, restored or not, however long.
+        for strict in [true, false] {
+            let g = home_gate(strict, 2, 60_000_000_000, &[hv(100, 250, &["b"])], |_| 249);
+            assert!(matches!(&g, HomeGate::Wait(w) if w.contains("seq 249") && w.contains("250")), "{g:?}");
+            assert!(start(&home_gate(strict, 2, 60_000_000_000, &[hv(250, 250, &["b"])], |_| 250)));
+        }
+        // Caught up with one of two peers: the other gets the wait period to report.
+        assert!(!start(&home_gate(true, 2, 1_000_000_000, &[hv(250, 250, &["b"])], |_| 250)));
+        assert!(start(&home_gate(true, 2, 1_000_000_000, &[hv(250, 250, &["b", "c"])], |_| 250)));
     }
 }

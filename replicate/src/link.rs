@@ -46,7 +46,7 @@
 //! transfers: no check, no audit.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tickmesh_codec::{frame, SourceId};
 
@@ -365,6 +365,19 @@ pub struct PeerView {
     pub stats: LinkStats,
 }
 
+/// What the peers hold of one home source during [`MeshCore::recover_home`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct HomeView {
+    /// Source.
+    pub src: String,
+    /// Highest `seq` this node holds (journaled or delivered).
+    pub seq: u64,
+    /// Highest `seq` any reporting peer holds.
+    pub peers_seq: u64,
+    /// Healthy peers whose heartbeat (with their positions) arrived.
+    pub reported_by: Vec<String>,
+}
+
 /// Replication state of one non-home source.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SourceView {
@@ -386,6 +399,8 @@ pub struct SourceView {
 struct PeerInfo {
     role: Option<Role>,
     draining: bool,
+    /// A heartbeat arrived on our dialed link: `sources` is what the peer holds.
+    heard: bool,
     sources: BTreeMap<SourceId, (u64, String)>,
     links: Vec<LinkInfo>,
 }
@@ -493,6 +508,9 @@ pub struct MeshCore {
     batch: Vec<u8>,
     /// This node is draining (told to peers in every heartbeat).
     draining: bool,
+    /// Home sources taken from peers until the node's feeds start (see
+    /// [`MeshCore::recover_home`]).
+    recovering: BTreeSet<SourceId>,
 }
 
 impl std::fmt::Debug for MeshCore {
@@ -543,7 +561,47 @@ impl MeshCore {
             actions: VecDeque::new(),
             batch: Vec::new(),
             draining: false,
+            recovering: BTreeSet::new(),
         }
+    }
+
+    /// Before its feeds start, a node takes its own home sources from peers like any other
+    /// source: after a restore from an older backup (or a crash that lost an unsynced
+    /// tail) peers may hold records of them that this node lacks, and the feeds must
+    /// continue after those, never reusing a `seq`. [`MeshCore::home`] tells the node how
+    /// far the peers are; [`MeshCore::end_home_recovery`] ends it once the feeds start.
+    pub fn recover_home(&mut self) {
+        self.recovering = self.cfg.home.iter().copied().collect();
+        self.route();
+    }
+
+    /// Ends [`MeshCore::recover_home`]: home sources are this node's own again.
+    pub fn end_home_recovery(&mut self) {
+        for src in std::mem::take(&mut self.recovering) {
+            self.unsubscribe(&src);
+            self.subs.remove(&src);
+        }
+    }
+
+    /// What the peers hold of each home source, while [`MeshCore::recover_home`] is on.
+    pub fn home(&self) -> Vec<HomeView> {
+        self.recovering
+            .iter()
+            .map(|src| {
+                let reported: Vec<(&String, u64)> = self
+                    .peers
+                    .iter()
+                    .filter(|(r, p)| p.info.heard && self.healthy(r))
+                    .map(|(r, p)| (r, p.info.sources.get(src).map(|x| x.0).unwrap_or(0)))
+                    .collect();
+                HomeView {
+                    src: src.as_str().to_owned(),
+                    seq: self.have.get(src).copied().unwrap_or(0),
+                    peers_seq: reported.iter().map(|x| x.1).max().unwrap_or(0),
+                    reported_by: reported.iter().map(|x| x.0.clone()).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Marks this node draining (or active again). Every connection gets a heartbeat at
@@ -869,6 +927,7 @@ impl MeshCore {
             p.last_heard = now;
             p.info.links = hb.links;
             p.info.draining = hb.draining;
+            p.info.heard = true;
             let mut sources = BTreeMap::new();
             for h in hb.sources {
                 if let Ok(src) = SourceId::new(&h.src) {
@@ -1268,7 +1327,7 @@ impl MeshCore {
         let mut known: Vec<SourceId> = Vec::new();
         for p in self.peers.values() {
             for s in p.info.sources.keys() {
-                if !self.cfg.home.contains(s) && !known.contains(s) {
+                if (!self.cfg.home.contains(s) || self.recovering.contains(s)) && !known.contains(s) {
                     known.push(*s);
                 }
             }

@@ -21,7 +21,7 @@ use tickmesh_codec::SourceId;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, MeshCore, Role, SourceView, StreamId};
+use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, HomeView, MeshCore, Role, SourceView, StreamId};
 use crate::store::RecordStore;
 use crate::tls::Credentials;
 use crate::transfer::{TransferAudit, TransferPolicy};
@@ -136,6 +136,7 @@ pub struct PeerState {
 #[derive(Debug, Default)]
 pub struct MeshStatus {
     inner: Mutex<(Vec<PeerState>, Vec<SourceView>)>,
+    home: Mutex<Vec<HomeView>>,
 }
 
 impl MeshStatus {
@@ -148,6 +149,16 @@ impl MeshStatus {
     /// lag in records and ms.
     pub fn sources(&self) -> Vec<SourceView> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// While home recovery is on ([`MeshHandle::recover_home`]): what the peers hold of
+    /// each home source. Empty otherwise.
+    pub fn home(&self) -> Vec<HomeView> {
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_home(&self, home: Vec<HomeView>) {
+        *self.home.lock().unwrap_or_else(|e| e.into_inner()) = home;
     }
 
     fn set(&self, peers: Vec<PeerState>, sources: Vec<SourceView>) {
@@ -164,6 +175,7 @@ enum Command {
     AddPeer(PeerConfig),
     RemovePeer(String),
     SetDraining(bool),
+    RecoverHome(bool),
 }
 
 /// A running mesh.
@@ -202,6 +214,22 @@ impl MeshHandle {
     pub fn set_draining(&self, draining: bool) -> Result<()> {
         self.cmds
             .send(Command::SetDraining(draining))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Takes this node's home sources from peers that hold more of them, until
+    /// [`MeshHandle::end_home_recovery`]; progress in [`MeshStatus::home`]. See
+    /// [`MeshCore::recover_home`].
+    pub fn recover_home(&self) -> Result<()> {
+        self.cmds
+            .send(Command::RecoverHome(true))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Ends [`MeshHandle::recover_home`] (the node's feeds are about to start).
+    pub fn end_home_recovery(&self) -> Result<()> {
+        self.cmds
+            .send(Command::RecoverHome(false))
             .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
     }
 }
@@ -477,6 +505,17 @@ impl Driver {
                     self.action(a);
                 }
             }
+            Command::RecoverHome(on) => {
+                if on {
+                    self.core.recover_home();
+                } else {
+                    self.core.end_home_recovery();
+                }
+                while let Some(a) = self.core.poll_action() {
+                    self.action(a);
+                }
+                self.status.set_home(self.core.home());
+            }
         }
     }
 
@@ -664,6 +703,7 @@ impl Driver {
             })
             .collect();
         let sources = self.core.sources();
+        self.status.set_home(self.core.home());
         if self.last_export.elapsed() >= Duration::from_secs(1) {
             self.last_export = std::time::Instant::now();
             for p in &peers {
