@@ -503,7 +503,10 @@ fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>, since_start_ns: u6
     let list = |skip_down: bool| -> Vec<RegionLink> {
         order
             .iter()
-            .filter(|r| !draining.contains(&r.as_str()) && !(skip_down && down.contains(&r.as_str())))
+            .filter(|r| {
+                let gone = draining.contains(&r.as_str()) || (skip_down && down.contains(&r.as_str()));
+                !gone
+            })
             .filter_map(|r| cfg.regions.iter().find(|e| e.region == *r))
             .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
             .collect()
