@@ -15,8 +15,8 @@
 #        adds the time between the kill and the start of the restore);
 #      next_seq_ok: the restarted region continued its home source after the restored seq;
 #      seqs_reused: seqs the restarted region gave to new records although the peers
-#        already hold other records under them (the rpo_records; they are refused there as
-#        duplicates until the mesh pulls a region's own sources back before ingest starts).
+#        already hold other records under them (expected 0: a restored region takes its
+#        home sources back from the peers before its feeds start; ARCHITECTURE.md).
 # Targets (issue #9): RPO under 1 s of data, RTO under 60 s.
 #
 # Environment: TICKMESH_BIN (default ${CARGO_TARGET_DIR:-target}/debug/tickmesh, built when
