@@ -189,6 +189,9 @@ impl Target {
             if bucket.is_empty() {
                 bail!("backup target {url} names no bucket; write it as s3://BUCKET/PREFIX");
             }
+            // reqwest's TLS needs a process-wide rustls provider; ring is the tree's one
+            // (an error only means one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let store =
                 object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build().with_context(|| {
                     format!(

@@ -191,7 +191,8 @@ fn a_damaged_backup_is_refused() {
     let e = dr::restore(&bk, &tmp.path().join("r"), None).unwrap_err().to_string();
     assert!(e.contains("checksum mismatch"), "{e}");
     assert!(!tmp.path().join("r/journal").exists(), "a failed restore leaves no journal behind");
-    assert!(Target::parse("s3://bucket/x").unwrap_err().to_string().contains("not supported"));
+    assert!(Target::parse("gs://bucket/x").unwrap_err().to_string().contains("not supported"));
+    assert!(Target::parse("s3:///x").unwrap_err().to_string().contains("no bucket"));
 }
 
 #[test]
