@@ -608,22 +608,29 @@ fn run_home_gate(g: HomeGateInputs, starters: Vec<FeedStarter>) {
         }
         let home = g.status.home();
         let elapsed = started.elapsed().as_nanos() as u64;
+        let journaled = |src: &str| SourceId::new(src).ok().and_then(|s| g.journal.last_seq(&s)).unwrap_or(0);
         let decision = if home.is_empty() {
             // The mesh has not published its first status yet.
             HomeGate::Wait("the mesh is starting".into())
         } else {
-            let journaled = |src: &str| SourceId::new(src).ok().and_then(|s| g.journal.last_seq(&s)).unwrap_or(0);
             home_gate(g.strict, g.peers, elapsed, &home, journaled)
         };
+        // Readiness says why only when the wait is more than the few seconds of an
+        // ordinary start: after a restore, or while taking records back from peers.
+        let serious = g.strict || home.iter().any(|h| journaled(&h.src) < h.peers_seq);
         match decision {
             HomeGate::Start(why) => break why,
             HomeGate::Wait(why) => {
                 let due = last_log.as_ref().is_none_or(|(t, w)| *w != why || t.elapsed() >= Duration::from_secs(10));
-                if due {
+                if due && serious {
                     tracing::warn!(reason = %why, "home feeds held");
+                } else if due {
+                    tracing::info!(reason = %why, "home feeds wait for the peers' positions");
+                }
+                if due {
                     last_log = Some((std::time::Instant::now(), why.clone()));
                 }
-                *g.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                *g.held.lock().unwrap_or_else(|e| e.into_inner()) = serious.then_some(why);
             }
         }
         std::thread::sleep(Duration::from_millis(50));
