@@ -207,4 +207,17 @@ mod tests {
         assert!(resolved == "epoll" || (cfg!(feature = "io-uring") && resolved == "io_uring"), "{resolved}");
         assert_eq!(GatewayConfig { io_backend: "epoll".into(), ..Default::default() }.resolved_io_backend(), "epoll");
     }
+
+    #[test]
+    fn shutdown_grace_must_fit_a_termination_grace_period() {
+        let check = |ms| {
+            let mut p = Vec::new();
+            GatewayConfig { shutdown_grace_ms: ms, ..Default::default() }.validate(&mut p);
+            p
+        };
+        assert_eq!(GatewayConfig::default().shutdown_grace_ms, 1_500);
+        assert!(check(0).is_empty() && check(25_000).is_empty());
+        let p = check(60_000);
+        assert!(p.len() == 1 && p[0].contains("gateway.shutdown_grace_ms") && p[0].contains("0 to 25000"), "{p:?}");
+    }
 }
