@@ -261,6 +261,8 @@ fn a_recovery_plan_is_applied_only_while_its_inputs_hold() {
     let (code, out, err) = tickmesh(&["recover", "apply", planfile.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"recovered\""), "{out}");
+    // The node started on it holds its home feeds until a peer reports (ARCHITECTURE.md).
+    assert!(state.join(dr::RESTORED_MARKER).exists(), "recover apply marks the state directory");
     assert_eq!(records(&state, "SYN.USE1").len(), 320, "kept");
     assert_eq!(records(&state, "SYN.EUW1"), records(&full, "SYN.EUW1"), "replaced");
     assert_eq!(records(&state, "XNAS.ITCH"), records(&full, "XNAS.ITCH"), "restored");
