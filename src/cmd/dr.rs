@@ -68,6 +68,20 @@ pub enum RecoverCmd {
         /// The plan file.
         plan: PathBuf,
     },
+    /// Compare one source between this state directory and another region's (read from
+    /// the files, so both nodes may run): records that differ under the same seq (a
+    /// reused seq) and seqs this one lacks. Prints one JSON line.
+    Compare {
+        /// This region's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The other region's state directory.
+        #[arg(long)]
+        with: PathBuf,
+        /// The source id (e.g. this region's home source).
+        #[arg(long)]
+        source: String,
+    },
 }
 
 /// Runs `tickmesh backup` (once, or with `--every` until SIGINT/SIGTERM).
@@ -183,6 +197,11 @@ pub fn recover(cmd: RecoverCmd) -> anyhow::Result<()> {
                 out.display(),
                 out.display()
             );
+            Ok(())
+        }
+        RecoverCmd::Compare { state_dir, with, source } => {
+            let c = dr::compare(&state_dir, &with, &source)?;
+            println!("{}", serde_json::json!({"event": "compare", "comparison": c}));
             Ok(())
         }
         RecoverCmd::Apply { plan } => {
