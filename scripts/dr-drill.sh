@@ -14,9 +14,11 @@
 #      rto_ms: from the start of the restore to /readyz answering 200 (rto_from_kill_ms
 #        adds the time between the kill and the start of the restore);
 #      next_seq_ok: the restarted region continued its home source after the restored seq;
-#      seqs_reused: seqs the restarted region gave to new records although the peers
-#        already hold other records under them (the rpo_records; they are refused there as
-#        duplicates until the mesh pulls a region's own sources back before ingest starts).
+#      seqs_reused: seqs under which the restarted region's journal and the peer's hold
+#        different records (`tickmesh recover compare`; expected 0: a restored region takes
+#        its home sources back from the peers before its feeds start; ARCHITECTURE.md);
+#      holes: seqs the peer holds, below the restarted region's last, that it lacks (0).
+#      rpo_records / rpo_ms describe the backup alone: the peers give that stretch back.
 # Targets (issue #9): RPO under 1 s of data, RTO under 60 s.
 #
 # Environment: TICKMESH_BIN (default ${CARGO_TARGET_DIR:-target}/debug/tickmesh, built when
@@ -135,15 +137,23 @@ after_first_new=$(( restored_last + 1 ))
 next_seq_ok=false
 (( after_last >= after_first_new )) && next_seq_ok=true
 
+# Byte for byte against the peer: a differing record under the same seq is a reused seq;
+# a seq the peer holds below the victim's last that the victim lacks is a hole.
+cmp_json=$("$BIN" recover compare --state-dir "$STATE/$VICTIM" --with "$STATE/$peer" --source "$home_src")
+seqs_reused=$(echo "$cmp_json" | jq_py "v['comparison']['differing']")
+holes=$(echo "$cmp_json" | jq_py "v['comparison']['missing']")
+
 rpo_records=$(( peer_last > restored_last ? peer_last - restored_last : 0 ))
 rpo_ms=$(( peer_max_ts > restored_max_ts ? (peer_max_ts - restored_max_ts) / 1000000 : 0 ))
 rto_ms=$(( t_ready - t_restore ))
 rto_from_kill_ms=$(( t_ready - t_kill ))
-printf '{"event":"dr_drill","mode":"%s","victim":"%s","home_source":"%s","backups":%s,"backup_every_s":%s,"peer_last_seq":%s,"restored_last_seq":%s,"rpo_records":%s,"rpo_ms":%s,"rto_ms":%s,"rto_from_kill_ms":%s,"next_seq_ok":%s,"restarted_last_seq":%s,"seqs_reused":%s}\n' \
+printf '{"event":"dr_drill","mode":"%s","victim":"%s","home_source":"%s","backups":%s,"backup_every_s":%s,"peer_last_seq":%s,"restored_last_seq":%s,"rpo_records":%s,"rpo_ms":%s,"rto_ms":%s,"rto_from_kill_ms":%s,"next_seq_ok":%s,"restarted_last_seq":%s,"seqs_reused":%s,"holes":%s}\n' \
   "$MODE" "$VICTIM" "$home_src" "$(wc -l <"$WORK/backups.out")" "$BACKUP_EVERY" "$peer_last" "$restored_last" \
-  "$rpo_records" "$rpo_ms" "$rto_ms" "$rto_from_kill_ms" "$next_seq_ok" "$after_last" "$rpo_records"
+  "$rpo_records" "$rpo_ms" "$rto_ms" "$rto_from_kill_ms" "$next_seq_ok" "$after_last" "$seqs_reused" "$holes"
 ok=1
 (( rpo_ms < 1000 )) || { log "RPO ${rpo_ms} ms is above the 1 s target"; ok=0; }
 (( rto_ms < 60000 )) || { log "RTO ${rto_ms} ms is above the 60 s target"; ok=0; }
 [[ $next_seq_ok == true ]] || { log "the restarted region did not continue its home source"; ok=0; }
+(( seqs_reused == 0 )) || { log "$seqs_reused seqs of $home_src were reused (records differ from $peer's)"; ok=0; }
+(( holes == 0 )) || { log "$holes seqs of $home_src that $peer holds are missing in the restarted $VICTIM"; ok=0; }
 [[ $ok == 1 ]]

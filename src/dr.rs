@@ -21,9 +21,20 @@
 //! the next run.
 //!
 //! # Targets
-//! A directory path or a `file://` URL. Object storage (s3://, gs://, az://) is not built
-//! into this version: the `object_store` crate would bring a cloud HTTP stack into the
-//! build; back up to a directory and sync it to a bucket, or mount the bucket.
+//! A directory path or a `file://` URL (objects are written to a temporary file, synced and
+//! renamed into place), or `s3://BUCKET/PREFIX` through the `object_store` crate (one PUT
+//! per object: S3 objects appear whole). Credentials, region and endpoint come from the
+//! standard AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for
+//! S3-compatible stores such as MinIO, `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
+//! The layout under the prefix is the directory layout above.
+//!
+//! # Daily full, continuous incremental
+//! `tickmesh backup --every SECS` runs until SIGINT/SIGTERM: an incremental backup every
+//! `SECS`, and a full one (every segment copied again, whatever the last manifest says)
+//! when the last full backup is older than `--full-every` (default 86,400 s). Each manifest
+//! records when the last full backup was made, so the schedule survives restarts of the
+//! backup process.
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -34,6 +45,37 @@ use std::path::{Path, PathBuf};
 use tickmesh_codec::frame::MAX_RECORD_LEN;
 use tickmesh_codec::HEADER_LEN;
 use tickmesh_replicate::audit::{Head, HEAD_FILE, LOG_FILE};
+
+/// Left in the state directory by `restore` and `recover apply`. A node that finds it holds
+/// its home feeds until a mesh peer has reported how far it holds them (and the node has
+/// taken whatever it lacks): a backup is older than what the peers received, and the feeds
+/// must continue after the peers' last `seq`, never reuse one. The node removes it then;
+/// `tickmesh node --home-without-peers` removes it at start (the operator's override).
+pub const RESTORED_MARKER: &str = "restored-from-backup.json";
+
+/// Writes [`RESTORED_MARKER`] (what was restored, for the operator who finds it).
+fn mark_restored(state_dir: &Path, from: &[String], at: Option<u64>) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "restored_ns": tickmesh_codec::now_ns(), "from": from, "at": at,
+        "meaning": "the node holds its home feeds until a mesh peer reports their positions; see tickmesh node --home-without-peers",
+    });
+    let path = state_dir.join(RESTORED_MARKER);
+    std::fs::write(&path, serde_json::to_vec_pretty(&body)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `tickmesh node --home-without-peers`: removes [`RESTORED_MARKER`], so the node starts
+/// its home feeds after its own journal if no peer reports within a few seconds.
+pub fn start_home_without_peers(state_dir: &Path) -> anyhow::Result<()> {
+    let path = state_dir.join(RESTORED_MARKER);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::warn!(file = %path.display(), "--home-without-peers: home feeds will not wait for a peer; seqs peers already hold may be reused");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
 
 /// One segment in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,39 +141,116 @@ pub struct Manifest {
     pub audit_log: Option<FileEntry>,
     /// Its head anchor.
     pub audit_head: Option<FileEntry>,
+    /// When the newest full backup at this target was made (ns; 0 in manifests older
+    /// than this field).
+    #[serde(default)]
+    pub last_full_ns: u64,
 }
 
-/// Where backups go. Only directories in this version (see the module docs).
-#[derive(Debug, Clone)]
+/// Where backups go: a directory or an object store (see the module docs).
+#[derive(Clone)]
 pub struct Target {
-    root: PathBuf,
+    /// As given, for messages.
+    url: String,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Dir(PathBuf),
+    Object {
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        prefix: String,
+        /// object_store is async; the backup and restore commands are not.
+        rt: std::sync::Arc<tokio::runtime::Runtime>,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 impl Target {
-    /// Parses a `--to` / `--from` value.
+    /// Parses a `--to` / `--from` value: a directory, `file://PATH` or `s3://BUCKET[/PREFIX]`.
     pub fn parse(url: &str) -> anyhow::Result<Target> {
         if let Some(p) = url.strip_prefix("file://") {
-            return Ok(Target { root: PathBuf::from(p) });
+            return Ok(Target { url: url.to_owned(), backend: Backend::Dir(PathBuf::from(p)) });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("backup target {url} names no bucket; write it as s3://BUCKET/PREFIX");
+            }
+            // reqwest's TLS needs a process-wide rustls provider; ring is the tree's one
+            // (an error only means one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let store =
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build().with_context(|| {
+                    format!(
+                        "backup target {url}: cannot configure S3; set AWS_REGION, AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible store)"
+                    )
+                })?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime for object storage")?;
+            return Ok(Target {
+                url: url.to_owned(),
+                backend: Backend::Object {
+                    store: std::sync::Arc::new(store),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                    rt: std::sync::Arc::new(rt),
+                },
+            });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            bail!(
-                "backup target {url}: {scheme}:// is not supported by this build; use a directory path or file:// URL \
-                 (sync it to object storage, or mount the bucket)"
-            );
+            bail!("backup target {url}: {scheme}:// is not supported; use a directory path, file://PATH or s3://BUCKET/PREFIX");
         }
         if url.is_empty() {
-            bail!("the backup target is empty; give a directory path or a file:// URL");
+            bail!("the backup target is empty; give a directory path, file://PATH or s3://BUCKET/PREFIX");
         }
-        Ok(Target { root: PathBuf::from(url) })
+        Ok(Target { url: url.to_owned(), backend: Backend::Dir(PathBuf::from(url)) })
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    fn object_path(prefix: &str, key: &str) -> object_store::path::Path {
+        if prefix.is_empty() {
+            object_store::path::Path::from(key)
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{key}"))
+        }
     }
 
-    /// Writes an object atomically (temporary file, fsync, rename).
+    /// Where `key` lives, for messages.
+    fn describe(&self, key: &str) -> String {
+        match &self.backend {
+            Backend::Dir(root) => root.join(key).display().to_string(),
+            Backend::Object { .. } => format!("{}/{key}", self.url.trim_end_matches('/')),
+        }
+    }
+
+    /// Writes an object atomically (directory: temporary file, fsync, rename; object store:
+    /// one PUT).
     fn put(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let path = self.path(key);
+        use object_store::ObjectStoreExt;
+        let root = match &self.backend {
+            Backend::Dir(root) => root,
+            Backend::Object { store, prefix, rt } => {
+                let path = Self::object_path(prefix, key);
+                rt.block_on(store.put(&path, object_store::PutPayload::from(bytes.to_vec())))
+                    .with_context(|| format!("uploading {}", self.describe(key)))?;
+                return Ok(());
+            }
+        };
+        let path = root.join(key);
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -143,10 +262,24 @@ impl Target {
     }
 
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(key)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path(key).display())),
+        use object_store::ObjectStoreExt;
+        match &self.backend {
+            Backend::Dir(root) => match std::fs::read(root.join(key)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("reading {}", self.describe(key))),
+            },
+            Backend::Object { store, prefix, rt } => {
+                let path = Self::object_path(prefix, key);
+                rt.block_on(async {
+                    match store.get(&path).await {
+                        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .with_context(|| format!("downloading {}", self.describe(key)))
+            }
         }
     }
 
@@ -154,7 +287,7 @@ impl Target {
     pub fn manifest(&self) -> anyhow::Result<Option<(Manifest, String)>> {
         let Some(b) = self.get("manifest.json")? else { return Ok(None) };
         let m = serde_json::from_slice(&b)
-            .with_context(|| format!("{} is not a tickmesh backup manifest", self.path("manifest.json").display()))?;
+            .with_context(|| format!("{} is not a tickmesh backup manifest", self.describe("manifest.json")))?;
         Ok(Some((m, sha256_hex(&b))))
     }
 }
@@ -272,8 +405,16 @@ pub struct BackupReport {
     pub bytes_copied: u64,
 }
 
-/// Backs up `state_dir` (its journal and audit log) to `target`.
+/// Backs up `state_dir` (its journal and audit log) to `target`: full the first time,
+/// incremental after.
 pub fn backup(state_dir: &Path, target: &Target) -> anyhow::Result<BackupReport> {
+    backup_with(state_dir, target, false)
+}
+
+/// Like [`backup`]; with `full`, every segment is copied again whatever the last manifest
+/// says (the daily full backup of `tickmesh backup --every`: it does not depend on the
+/// objects earlier runs left).
+pub fn backup_with(state_dir: &Path, target: &Target, full: bool) -> anyhow::Result<BackupReport> {
     let journal_dir = state_dir.join("journal");
     if !journal_dir.is_dir() {
         bail!(
@@ -305,7 +446,7 @@ pub fn backup(state_dir: &Path, target: &Target) -> anyhow::Result<BackupReport>
             if scan.records == 0 {
                 continue;
             }
-            if old.get(&name).is_some_and(|e| e.len == scan.len) {
+            if !full && old.get(&name).is_some_and(|e| e.len == scan.len) {
                 unchanged += 1;
                 continue;
             }
@@ -340,11 +481,11 @@ pub fn backup(state_dir: &Path, target: &Target) -> anyhow::Result<BackupReport>
         let cut = log.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
         let log = &log[..cut];
         let (h, l) = (sha256_hex(&head), sha256_hex(log));
-        if audit_head.as_ref().is_none_or(|e| e.sha256 != h) {
+        if full || audit_head.as_ref().is_none_or(|e| e.sha256 != h) {
             target.put("audit/head", &head)?;
             bytes_copied += head.len() as u64;
         }
-        if audit_log.as_ref().is_none_or(|e| e.sha256 != l) {
+        if full || audit_log.as_ref().is_none_or(|e| e.sha256 != l) {
             target.put("audit/audit.jsonl", log)?;
             bytes_copied += log.len() as u64;
         }
@@ -352,14 +493,17 @@ pub fn backup(state_dir: &Path, target: &Target) -> anyhow::Result<BackupReport>
         audit_log = Some(FileEntry { len: log.len() as u64, sha256: l });
     }
     let number = prev.as_ref().map_or(1, |p| p.number + 1);
+    let is_full = full || prev.is_none();
+    let created_ns = tickmesh_codec::now_ns();
     let manifest = Manifest {
         version: 1,
         number,
-        kind: if prev.is_none() { "full".into() } else { "incremental".into() },
-        created_ns: tickmesh_codec::now_ns(),
+        kind: if is_full { "full".into() } else { "incremental".into() },
+        created_ns,
         sources,
         audit_log,
         audit_head,
+        last_full_ns: if is_full { created_ns } else { prev.as_ref().map_or(0, |p| p.last_full_ns) },
     };
     let text = serde_json::to_vec_pretty(&manifest)?;
     target.put(&format!("manifests/{number:06}.json"), &text)?;
@@ -393,20 +537,20 @@ fn restore_source(
         let data = target.get(&key)?.with_context(|| {
             format!(
                 "{} is missing from the backup; restore from an older manifest or another copy",
-                target.path(&key).display()
+                target.describe(&key)
             )
         })?;
         let Some(data) = data.get(..seg.len as usize) else {
             bail!(
                 "{} is shorter than its manifest says ({} bytes); the backup is damaged",
-                target.path(&key).display(),
+                target.describe(&key),
                 seg.len
             )
         };
         if sha256_hex(data) != seg.sha256 {
             bail!(
                 "{}: checksum mismatch (manifest {}); the backup is damaged: restore from another copy",
-                target.path(&key).display(),
+                target.describe(&key),
                 seg.sha256
             );
         }
@@ -506,9 +650,8 @@ fn check_journal(dir: &Path) -> anyhow::Result<()> {
 /// Restores the newest backup at `target` into `state_dir`, every source up to its records
 /// with `ts_ingest <= at` when `at` is given. Refuses a state directory that holds a journal.
 pub fn restore(target: &Target, state_dir: &Path, at: Option<u64>) -> anyhow::Result<RestoreReport> {
-    let (m, _) = target
-        .manifest()?
-        .with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", target.root.display()))?;
+    let (m, _) =
+        target.manifest()?.with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", target))?;
     let journal_dir = state_dir.join("journal");
     if has_segments(&journal_dir)? {
         bail!(
@@ -537,6 +680,7 @@ pub fn restore(target: &Target, state_dir: &Path, at: Option<u64>) -> anyhow::Re
     } else {
         restore_audit(target, &m, &audit_dir, at)?
     };
+    mark_restored(state_dir, &[target.to_string()], at)?;
     Ok(RestoreReport { manifest: m.number, sources, audit_entries })
 }
 
@@ -610,9 +754,8 @@ fn plan_inputs(state_dir: &Path, targets: &[Target]) -> anyhow::Result<(PlanInpu
     let mut manifests = Vec::new();
     let (mut shas, mut numbers) = (Vec::new(), Vec::new());
     for t in targets {
-        let (m, sha) = t
-            .manifest()?
-            .with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", t.root.display()))?;
+        let (m, sha) =
+            t.manifest()?.with_context(|| format!("{} holds no manifest.json; is it a tickmesh backup?", t))?;
         shas.push(sha);
         numbers.push(m.number);
         manifests.push(m);
@@ -789,7 +932,76 @@ pub fn apply(p: &RecoverPlan) -> anyhow::Result<ApplyReport> {
     let audit_entries =
         if p.restore_audit { restore_audit(&targets[0], &manifests[0], &p.state_dir.join("audit"), p.at)? } else { 0 };
     check_journal(&journal_dir)?;
+    mark_restored(&p.state_dir, &p.from, p.at)?;
     Ok(ApplyReport { restored, kept, moved_aside: moved.then_some(aside), audit_entries })
+}
+
+/// How one source's records agree between two state directories (`tickmesh recover
+/// compare`): after a restore, a region and a peer must hold the same bytes under every
+/// `seq` both have (a differing one is a reused `seq`), and the region no holes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Comparison {
+    /// Source.
+    pub src: String,
+    /// Last seq in the first directory's journal.
+    pub last_seq: u64,
+    /// Last seq in the second's.
+    pub other_last_seq: u64,
+    /// Seqs both hold.
+    pub overlap: u64,
+    /// Of those, seqs whose records differ (reused seqs).
+    pub differing: u64,
+    /// The first differing seq.
+    pub first_differing: Option<u64>,
+    /// Seqs the second holds, up to the first's last seq, that the first lacks.
+    pub missing: u64,
+}
+
+/// Intact records of `src` in the segment files under `state_dir/journal`, by seq. Reads
+/// the files, not the journal API (like a backup), so it runs next to live nodes.
+fn journal_records(state_dir: &Path, src: &str) -> anyhow::Result<BTreeMap<u64, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let segs = local_segments(&state_dir.join("journal"))?;
+    for path in segs.get(src).into_iter().flatten() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let len = scan_frames(&bytes, None).len as usize;
+        let mut off = 0;
+        while off + 8 <= len {
+            let n = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
+            let rec = &bytes[off + 8..off + 8 + n];
+            // scan_frames checked every frame up to `len`.
+            let seq = tickmesh_codec::access_untrusted(rec).map(|r| r.seq()).unwrap_or(0);
+            out.insert(seq, rec.to_vec());
+            off += 8 + n;
+        }
+    }
+    Ok(out)
+}
+
+/// Compares `src` between two state directories (see [`Comparison`]).
+pub fn compare(first: &Path, second: &Path, src: &str) -> anyhow::Result<Comparison> {
+    let a = journal_records(first, src)?;
+    let b = journal_records(second, src)?;
+    let mut c = Comparison {
+        src: src.to_owned(),
+        last_seq: a.keys().next_back().copied().unwrap_or(0),
+        other_last_seq: b.keys().next_back().copied().unwrap_or(0),
+        ..Comparison::default()
+    };
+    for (seq, theirs) in &b {
+        match a.get(seq) {
+            Some(ours) => {
+                c.overlap += 1;
+                if ours != theirs {
+                    c.differing += 1;
+                    c.first_differing.get_or_insert(*seq);
+                }
+            }
+            None if *seq <= c.last_seq => c.missing += 1,
+            None => {}
+        }
+    }
+    Ok(c)
 }
 
 /// Parses `--at`: nanoseconds since the Unix epoch, or seconds with an `s` suffix.

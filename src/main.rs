@@ -24,6 +24,10 @@ enum Cmd {
         /// Only check the configuration, print every problem, and exit.
         #[arg(long)]
         check_config: bool,
+        /// After `restore` / `recover apply`: start the home feeds without waiting for a mesh
+        /// peer to report how far it holds them (seqs the peers hold may then be reused).
+        #[arg(long)]
+        home_without_peers: bool,
     },
     /// Run several regions on this machine, one process each.
     Demo {
@@ -347,7 +351,7 @@ fn init_tracing(region: Option<&str>) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Node { config, check_config } => {
+        Cmd::Node { config, check_config, home_without_peers } => {
             let cfg = NodeConfig::load(&config)?;
             let problems = cfg.problems();
             if check_config {
@@ -361,6 +365,9 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
             }
             let _telemetry = tickmesh::telemetry::init(Some(&cfg.region), &cfg.telemetry)?;
+            if home_without_peers {
+                tickmesh::dr::start_home_without_peers(&cfg.state_dir)?;
+            }
             run_node(cfg)
         }
         Cmd::Demo { json, regions, port_base, state_dir, feed, rate, wan, pace, slow_bytes, router } => {

@@ -57,6 +57,10 @@ pub struct Node {
     trading: crate::tiers::trading::TradingTier,
     trading_hub: Arc<std::sync::RwLock<Option<Sender<HubMsg>>>>,
     users: Option<Arc<crate::tiers::userdata::UserTier>>,
+    /// Drain state and open sessions (a graceful stop is a drain with reason `shutdown`).
+    shared: Arc<GatewayShared>,
+    /// Tells peers this node's state (active / draining).
+    mesh_ctl: Option<MeshHandle>,
 }
 
 impl std::fmt::Debug for Node {
@@ -84,6 +88,8 @@ struct NodeView {
     policy: Arc<tickmesh_replicate::ResidencyPolicy>,
     /// The audit trail of cross-region transfers (`<state_dir>/audit`), served at /v1/audit.
     audit: Option<Arc<tickmesh_replicate::AuditLog>>,
+    /// Why the home feeds have not started yet (None: they run, or there are none).
+    home_held: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Node {
@@ -122,7 +128,7 @@ impl Node {
         }
         let render = metrics.clone();
         let shared = Arc::new(GatewayShared::new(cfg.region.clone(), verifier, Box::new(move || render.render())));
-        shared.set_regions(hello_regions(&cfg, None));
+        shared.set_regions(hello_regions(&cfg, None, 0));
         for (src, seq) in journal.positions() {
             shared.note_position(src, seq);
         }
@@ -149,6 +155,7 @@ impl Node {
             route: crate::route_http::RouteService::new(&cfg, shared.clone()),
             policy: policy.clone(),
             audit: Some(audit.clone()),
+            home_held: Default::default(),
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
         let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
@@ -290,6 +297,41 @@ impl Node {
         };
 
         let stop = Arc::new(AtomicBool::new(false));
+        spawn_state_watch(view.clone(), stop.clone()).context("starting the region-state thread")?;
+        // Each feed's thread, started at once or, with a mesh, once the peers confirmed
+        // where the home sources stand (`home_gate`).
+        let mut starters: Vec<FeedStarter> = Vec::new();
+        for f in &cfg.feeds {
+            match f {
+                FeedConfig::Synthetic(s) => {
+                    let feed = SyntheticFeed::new(s)?;
+                    let src = feed.source();
+                    let tx = hub_tx.clone();
+                    let stop = stop.clone();
+                    let rate = s.rate;
+                    let shared = shared.clone();
+                    starters.push(Box::new(move || {
+                        std::thread::Builder::new().name(format!("ingest-{src}")).spawn(move || {
+                            let _root =
+                                tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
+                            run_synthetic(feed, rate, tx, stop, shared)
+                        })
+                    }));
+                }
+                FeedConfig::Capture(_) => {}
+            }
+        }
+        for (src, rate, recorded, recs) in captures {
+            let tx = hub_tx.clone();
+            let stop = stop.clone();
+            let region = cfg.region.clone();
+            starters.push(Box::new(move || {
+                std::thread::Builder::new().name(format!("ingest-{src}")).spawn(move || {
+                    let _root = tracing::info_span!("ingest", region, source = %src).entered();
+                    run_capture(recs, rate, recorded, tx, stop)
+                })
+            }));
+        }
         let mut ingest = Vec::new();
         if cfg.journal.retain_bytes != 0 || cfg.journal.retain_age_secs != 0 {
             let (journal, stop) = (journal.clone(), stop.clone());
@@ -301,42 +343,32 @@ impl Node {
                     .context("starting the journal retention thread")?,
             );
         }
-        for f in &cfg.feeds {
-            match f {
-                FeedConfig::Synthetic(s) => {
-                    let feed = SyntheticFeed::new(s)?;
-                    let src = feed.source();
-                    let tx = hub_tx.clone();
-                    let stop = stop.clone();
-                    let rate = s.rate;
-                    let shared = shared.clone();
-                    ingest.push(
-                        std::thread::Builder::new()
-                            .name(format!("ingest-{src}"))
-                            .spawn(move || {
-                                let _root =
-                                    tracing::info_span!("ingest", region = shared.region(), source = %src).entered();
-                                run_synthetic(feed, rate, tx, stop, shared)
-                            })
-                            .context("starting an ingest thread")?,
-                    );
-                }
-                FeedConfig::Capture(_) => {}
+        match (view.mesh.get(), view.mesh_ctl.get()) {
+            (Some(status), Some(ctl)) if !home.is_empty() && !starters.is_empty() => {
+                ctl.recover_home().context("starting the home-source check")?;
+                let gate = HomeGateInputs {
+                    region: cfg.region.clone(),
+                    state_dir: cfg.state_dir.clone(),
+                    strict: cfg.state_dir.join(crate::dr::RESTORED_MARKER).exists(),
+                    peers: cfg.mesh.as_ref().map(|m| m.peers.len()).unwrap_or(0),
+                    status: status.clone(),
+                    ctl: ctl.clone(),
+                    journal: journal.clone(),
+                    held: view.home_held.clone(),
+                    stop: stop.clone(),
+                };
+                ingest.push(
+                    std::thread::Builder::new()
+                        .name("home-gate".into())
+                        .spawn(move || run_home_gate(gate, starters))
+                        .context("starting the home-gate thread")?,
+                );
             }
-        }
-        for (src, rate, recorded, recs) in captures {
-            let tx = hub_tx.clone();
-            let stop = stop.clone();
-            let region = cfg.region.clone();
-            ingest.push(
-                std::thread::Builder::new()
-                    .name(format!("ingest-{src}"))
-                    .spawn(move || {
-                        let _root = tracing::info_span!("ingest", region, source = %src).entered();
-                        run_capture(recs, rate, recorded, tx, stop)
-                    })
-                    .context("starting an ingest thread")?,
-            );
+            _ => {
+                for start in starters {
+                    ingest.push(start().context("starting an ingest thread")?);
+                }
+            }
         }
         Ok(Node {
             cfg,
@@ -350,6 +382,8 @@ impl Node {
             trading,
             trading_hub,
             users,
+            mesh_ctl: view.mesh_ctl.get().cloned(),
+            shared,
         })
     }
 
@@ -378,14 +412,42 @@ impl Node {
         &self.cfg.region
     }
 
-    /// Stops cleanly: ingest first, then the hub drains into the journal, then clients and
-    /// peers are closed, and the journal is synced.
+    /// Stops gracefully: a drain with reason `shutdown` (PROTOCOL.md "Drain and failover").
+    ///
+    /// 1. At once: `/readyz` turns 503 (the load balancer stops sending), upgrades get 503
+    ///    naming the next region, every client gets `reconnect` (reason `shutdown`, the next
+    ///    healthy region), and peers hear in the next heartbeat that this region is draining
+    ///    (they drop it from route answers and `hello` lists).
+    /// 2. Home feeds stop; the mesh keeps running, so the last home records reach the
+    ///    peers while clients move there and `resume`.
+    /// 3. Wait until every client left or `gateway.shutdown_grace_ms` passed (default
+    ///    1.5 s), then close the rest with 1012, stop the mesh, let the hub drain into the
+    ///    journal, and sync it.
     pub fn shutdown(mut self) {
+        let grace = Duration::from_millis(self.cfg.gateway.shutdown_grace_ms);
+        if self.gateway.is_some() {
+            let plan = self.shared.start_drain_for(tickmesh_gateway::drain::DrainReason::Shutdown, grace);
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                clients = self.shared.sessions(),
+                next = ?plan.next.as_ref().map(|n| &n.region),
+                "shutting down: clients told to reconnect to the next region"
+            );
+        }
+        if let Some(m) = &self.mesh_ctl {
+            let _ = m.set_draining(true);
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.ingest.drain(..) {
             let _ = t.join();
         }
         if let Some(g) = self.gateway.take() {
+            // The cores close the clients still here with 1012 at the end of the grace
+            // (their drain tick runs every heartbeat_ms / 10, at most 100 ms): allow two.
+            let deadline = std::time::Instant::now() + grace + Duration::from_millis(200);
+            while self.shared.sessions() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             g.shutdown();
         }
         if let Some(m) = self.mesh.take() {
@@ -440,18 +502,208 @@ fn trim_newline(b: &[u8]) -> &[u8] {
     b
 }
 
+/// How long after start a peer not heard from yet counts as unknown, not down: links take
+/// a dial and a heartbeat to come up, and a list without them would leave early clients
+/// (and a stop's `reconnect`) nowhere to go.
+const PEERS_SETTLE_NS: u64 = 5_000_000_000;
+
 /// The `hello` failover list: this region first, then the others by round-trip time,
-/// leaving out regions known to be down.
-fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>) -> Vec<RegionLink> {
+/// leaving out regions that are draining (their heartbeat says so) or known to be down
+/// (no link, once `PEERS_SETTLE_NS` after start has passed). If that leaves no other
+/// region, the non-draining ones are listed anyway: a guess beats no failover target.
+fn hello_regions(cfg: &NodeConfig, mesh: Option<&MeshStatus>, since_start_ns: u64) -> Vec<RegionLink> {
     let names: Vec<String> = cfg.regions.iter().map(|r| r.region.clone()).collect();
-    let down: Vec<String> =
-        mesh.map(|m| m.peers().into_iter().filter(|p| !p.receiving).map(|p| p.region).collect()).unwrap_or_default();
-    crate::regions::failover_order(&cfg.region, &names)
-        .into_iter()
-        .filter(|r| !down.contains(r))
-        .filter_map(|r| cfg.regions.iter().find(|e| e.region == r))
-        .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
-        .collect()
+    let peers = mesh.map(|m| m.peers()).unwrap_or_default();
+    let draining: Vec<&str> = peers.iter().filter(|p| p.draining).map(|p| p.region.as_str()).collect();
+    let settled = since_start_ns >= PEERS_SETTLE_NS;
+    let down: Vec<&str> = peers.iter().filter(|p| settled && !p.receiving).map(|p| p.region.as_str()).collect();
+    let order = crate::regions::failover_order(&cfg.region, &names);
+    let list = |skip_down: bool| -> Vec<RegionLink> {
+        order
+            .iter()
+            .filter(|r| {
+                let gone = draining.contains(&r.as_str()) || (skip_down && down.contains(&r.as_str()));
+                !gone
+            })
+            .filter_map(|r| cfg.regions.iter().find(|e| e.region == *r))
+            .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() })
+            .collect()
+    };
+    let up = list(true);
+    if up.iter().any(|l| l.region != cfg.region) {
+        up
+    } else {
+        list(false)
+    }
+}
+
+/// Starts one feed's ingest thread.
+type FeedStarter = Box<dyn FnOnce() -> std::io::Result<JoinHandle<()>> + Send>;
+
+/// How long a node whose journal was not restored waits for its peers to report before its
+/// home feeds start anyway (a region starting alone, or the first region of a mesh).
+const HOME_WAIT_NS: u64 = 3_000_000_000;
+
+/// What `run_home_gate` needs.
+struct HomeGateInputs {
+    region: String,
+    state_dir: std::path::PathBuf,
+    /// The journal came from a backup (`restore` / `recover apply` left the marker): the
+    /// feeds wait for a peer however long it takes.
+    strict: bool,
+    /// Configured peers.
+    peers: usize,
+    status: Arc<MeshStatus>,
+    ctl: MeshHandle,
+    journal: Arc<Journal>,
+    held: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The gate's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum HomeGate {
+    /// Hold the feeds, for this reason.
+    Wait(String),
+    /// Start them (the reason is logged).
+    Start(String),
+}
+
+/// May the home feeds start? Only once no peer holds a record of a home source beyond this
+/// node's journal (else the sequencer would give new records numbers peers already hold
+/// for others). `journaled` is this node's last `seq` of a source; `home` is what the
+/// reporting peers hold (`MeshStatus::home`); `elapsed_ns` counts from the node's start.
+fn home_gate(
+    strict: bool,
+    peers: usize,
+    elapsed_ns: u64,
+    home: &[tickmesh_replicate::HomeView],
+    journaled: impl Fn(&str) -> u64,
+) -> HomeGate {
+    let mut reporters: Vec<&str> = home.iter().flat_map(|h| h.reported_by.iter().map(String::as_str)).collect();
+    reporters.sort_unstable();
+    reporters.dedup();
+    if reporters.is_empty() {
+        return if strict {
+            HomeGate::Wait(
+                "the journal was restored from a backup and no peer has reported its positions yet; the home feeds start once a peer is reachable (to start them now, accepting that seqs the peers hold may be reused, restart with `tickmesh node --home-without-peers`)".into(),
+            )
+        } else if elapsed_ns >= HOME_WAIT_NS {
+            HomeGate::Start(format!(
+                "no peer reported within {} s; starting after the journal's own positions",
+                HOME_WAIT_NS / 1_000_000_000
+            ))
+        } else {
+            HomeGate::Wait("waiting for a peer to report the home sources' positions".into())
+        };
+    }
+    for h in home {
+        let ours = journaled(&h.src);
+        if ours < h.peers_seq {
+            return HomeGate::Wait(format!(
+                "{}: journal at seq {ours}, peers hold up to {}; taking the rest from them",
+                h.src, h.peers_seq
+            ));
+        }
+    }
+    if reporters.len() < peers && elapsed_ns < HOME_WAIT_NS {
+        return HomeGate::Wait(format!("{} of {peers} peers reported; waiting for the others", reporters.len()));
+    }
+    let at: Vec<String> = home.iter().map(|h| format!("{} after seq {}", h.src, journaled(&h.src))).collect();
+    HomeGate::Start(format!("peers {} reported; home sources continue: {}", reporters.join(", "), at.join(", ")))
+}
+
+/// The `home-gate` thread: holds the home feeds until `home_gate` says go, then starts
+/// them and waits for them (so `Node::shutdown` joins them through this thread).
+fn run_home_gate(g: HomeGateInputs, starters: Vec<FeedStarter>) {
+    let _root = tracing::info_span!("home-gate", region = %g.region).entered();
+    let started = std::time::Instant::now();
+    let mut last_log: Option<(std::time::Instant, String)> = None;
+    let go = loop {
+        if g.stop.load(Ordering::Relaxed) {
+            *g.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        let home = g.status.home();
+        let elapsed = started.elapsed().as_nanos() as u64;
+        let journaled = |src: &str| SourceId::new(src).ok().and_then(|s| g.journal.last_seq(&s)).unwrap_or(0);
+        let decision = if home.is_empty() {
+            // The mesh has not published its first status yet.
+            HomeGate::Wait("the mesh is starting".into())
+        } else {
+            home_gate(g.strict, g.peers, elapsed, &home, journaled)
+        };
+        // Readiness says why only when the wait is more than the few seconds of an
+        // ordinary start: after a restore, or while taking records back from peers.
+        let serious = g.strict || home.iter().any(|h| journaled(&h.src) < h.peers_seq);
+        match decision {
+            HomeGate::Start(why) => break why,
+            HomeGate::Wait(why) => {
+                let due = last_log.as_ref().is_none_or(|(t, w)| *w != why || t.elapsed() >= Duration::from_secs(10));
+                if due && serious {
+                    tracing::warn!(reason = %why, "home feeds held");
+                } else if due {
+                    tracing::info!(reason = %why, "home feeds wait for the peers' positions");
+                }
+                if due {
+                    last_log = Some((std::time::Instant::now(), why.clone()));
+                }
+                *g.held.lock().unwrap_or_else(|e| e.into_inner()) = serious.then_some(why);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = g.ctl.end_home_recovery();
+    let marker = g.state_dir.join(crate::dr::RESTORED_MARKER);
+    if marker.exists() {
+        if let Err(e) = std::fs::remove_file(&marker) {
+            tracing::error!(file = %marker.display(), error = %e, "cannot remove the restore marker; the next start waits for a peer again");
+        }
+    }
+    tracing::info!(reason = %go, waited_ms = started.elapsed().as_millis() as u64, "home feeds start");
+    *g.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let mut threads = Vec::new();
+    for start in starters {
+        match start() {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start an ingest thread"),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// How often the `region-state` thread looks at the drain flag and the peers.
+const STATE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Starts the `region-state` thread: it tells the mesh when this region's drain flag
+/// changes (an admin drain or undrain; peers then see it in the heartbeat), and keeps the
+/// `hello` failover list current (peers that went down or are draining leave it, so
+/// `reconnect` and new clients name a region that takes them). Ends with the node.
+fn spawn_state_watch(view: Arc<NodeView>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(&view);
+    drop(view);
+    std::thread::Builder::new().name("region-state".into()).spawn(move || {
+        let mut told = false;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(v) = weak.upgrade() else { return };
+            let draining = v.shared.is_draining();
+            if draining != told {
+                if let Some(m) = v.mesh_ctl.get() {
+                    if m.set_draining(draining).is_err() {
+                        return; // the mesh stopped: the node is going away
+                    }
+                }
+                told = draining;
+            }
+            let since = tickmesh_codec::now_ns().saturating_sub(v.started_ns);
+            v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref()), since));
+            drop(v);
+            std::thread::sleep(STATE_WATCH_EVERY);
+        }
+    })?;
+    Ok(())
 }
 
 /// Where the hub's records go once journaled, besides the journal itself.
@@ -825,6 +1077,9 @@ fn not_ready_reasons(
     if v.shared.is_draining() {
         reasons.push(format!("region {} is draining", v.cfg.region));
     }
+    if let Some(why) = v.home_held.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        reasons.push(format!("home feeds not started: {why}"));
+    }
     let limit = v.cfg.ready.max_feed_staleness_ms;
     if limit > 0 {
         let last = v.home_last.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -903,7 +1158,8 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
     }
     let names: Vec<String> = entries.iter().map(|r| r.region.clone()).collect();
     // Refresh the hello list while we are at it: regions that went down leave it.
-    v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref())));
+    let since = tickmesh_codec::now_ns().saturating_sub(v.started_ns);
+    v.shared.set_regions(hello_regions(&v.cfg, v.mesh.get().map(|m| m.as_ref()), since));
     let out: Vec<serde_json::Value> = crate::regions::failover_order(&v.cfg.region, &names)
         .into_iter()
         .filter_map(|r| entries.iter().find(|e| e.region == r))
@@ -920,7 +1176,7 @@ async fn regions(State(v): State<Arc<NodeView>>) -> Response {
             let me = e.region == v.cfg.region;
             let peer = peers.iter().find(|p| p.region == e.region);
             let healthy = me || peer.is_some_and(|p| p.receiving);
-            let state = if me && v.shared.is_draining() {
+            let state = if (me && v.shared.is_draining()) || (healthy && peer.is_some_and(|p| p.draining)) {
                 "draining"
             } else if healthy {
                 "active"
@@ -990,6 +1246,7 @@ mod tests {
             started_ns: 1_000_000_000,
             policy: Arc::new(tickmesh_replicate::ResidencyPolicy::new(&Default::default())),
             audit: None,
+            home_held: Default::default(),
         }
     }
 
@@ -1033,5 +1290,31 @@ mod tests {
         assert!(!ok(src(5, Some(40_000.0))));
         let r = not_ready_reasons(&v, 2_500_000_000, &[peer(true)], &[src(500, None)]);
         assert!(r[0].starts_with("source SYN.EUW1 is 500 records behind its upstream (none received yet"), "{r:?}");
+    }
+
+    #[test]
+    fn home_feeds_wait_for_the_peers_positions() {
+        let hv = |seq, peers_seq, by: &[&str]| tickmesh_replicate::HomeView {
+            src: "SYN.USE1".into(),
+            seq,
+            peers_seq,
+            reported_by: by.iter().map(|s| s.to_string()).collect(),
+        };
+        let start = |g: &HomeGate| matches!(g, HomeGate::Start(_));
+        // Restored: no peer yet means wait, however long; the message names the override.
+        let g = home_gate(true, 2, 60_000_000_000, &[hv(100, 0, &[])], |_| 100);
+        assert!(matches!(&g, HomeGate::Wait(w) if w.contains("--home-without-peers")), "{g:?}");
+        // Not restored: a lone region starts after the wait.
+        assert!(!start(&home_gate(false, 2, 1_000_000_000, &[hv(100, 0, &[])], |_| 100)));
+        assert!(start(&home_gate(false, 2, HOME_WAIT_NS, &[hv(100, 0, &[])], |_| 100)));
+        // A peer holds more: wait until the journal has it, restored or not, however long.
+        for strict in [true, false] {
+            let g = home_gate(strict, 2, 60_000_000_000, &[hv(100, 250, &["b"])], |_| 249);
+            assert!(matches!(&g, HomeGate::Wait(w) if w.contains("seq 249") && w.contains("250")), "{g:?}");
+            assert!(start(&home_gate(strict, 2, 60_000_000_000, &[hv(250, 250, &["b"])], |_| 250)));
+        }
+        // Caught up with one of two peers: the other gets the wait period to report.
+        assert!(!start(&home_gate(true, 2, 1_000_000_000, &[hv(250, 250, &["b"])], |_| 250)));
+        assert!(start(&home_gate(true, 2, 1_000_000_000, &[hv(250, 250, &["b", "c"])], |_| 250)));
     }
 }

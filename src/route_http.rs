@@ -209,6 +209,9 @@ impl RouteService {
                 let me = e.region == self.region;
                 let state = if me && self.shared.is_draining() {
                     RegionState::Draining
+                } else if peers.iter().any(|p| p.region == e.region && p.receiving && p.draining) {
+                    // Its heartbeat says so: sooner than the next /readyz probe.
+                    RegionState::Draining
                 } else if let Some(s) = health.state(&e.region) {
                     s
                 } else if me || peers.iter().any(|p| p.region == e.region && p.receiving) {

@@ -191,7 +191,8 @@ fn a_damaged_backup_is_refused() {
     let e = dr::restore(&bk, &tmp.path().join("r"), None).unwrap_err().to_string();
     assert!(e.contains("checksum mismatch"), "{e}");
     assert!(!tmp.path().join("r/journal").exists(), "a failed restore leaves no journal behind");
-    assert!(Target::parse("s3://bucket/x").unwrap_err().to_string().contains("not supported"));
+    assert!(Target::parse("gs://bucket/x").unwrap_err().to_string().contains("not supported"));
+    assert!(Target::parse("s3:///x").unwrap_err().to_string().contains("no bucket"));
 }
 
 #[test]
@@ -260,6 +261,8 @@ fn a_recovery_plan_is_applied_only_while_its_inputs_hold() {
     let (code, out, err) = tickmesh(&["recover", "apply", planfile.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"recovered\""), "{out}");
+    // The node started on it holds its home feeds until a peer reports (ARCHITECTURE.md).
+    assert!(state.join(dr::RESTORED_MARKER).exists(), "recover apply marks the state directory");
     assert_eq!(records(&state, "SYN.USE1").len(), 320, "kept");
     assert_eq!(records(&state, "SYN.EUW1"), records(&full, "SYN.EUW1"), "replaced");
     assert_eq!(records(&state, "XNAS.ITCH"), records(&full, "XNAS.ITCH"), "restored");
@@ -298,4 +301,41 @@ fn a_plan_takes_each_source_from_the_backup_that_holds_it_furthest() {
     // On a tie the first (own) backup wins.
     let p = dr::plan(&tmp.path().join("other"), &[from[1].clone(), from[0].clone()], Some(ts(2, 300))).unwrap();
     assert!(p.steps.iter().all(|s| s.backup_from.as_deref() == Some(from[1].as_str())), "{:?}", p.steps);
+}
+
+#[test]
+fn compare_finds_reused_seqs_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    fill(&a, 1, 120);
+    fill(&b, 1, 100);
+    // c: the same first 60, then other records under seqs 61..=90 (a reused range).
+    fill(&c, 1, 60);
+    {
+        let (j, _) = Journal::open(&c.join("journal"), small()).unwrap();
+        for seq in 61..=90 {
+            let mut r = testing::trade(seq, "MSFT", "1.00", "1", Side::Buy);
+            r.header.src = SourceId::new("SYN.USE1").unwrap();
+            r.header.seq = Seq(seq);
+            r.header.ts_ingest = ts(0, seq) + 7;
+            j.append(&r.to_bytes()).unwrap();
+        }
+        j.sync().unwrap();
+    }
+    let same = dr::compare(&a, &b, "SYN.USE1").unwrap();
+    assert_eq!((same.overlap, same.differing, same.missing, same.last_seq, same.other_last_seq), (100, 0, 0, 120, 100));
+    let reused = dr::compare(&c, &a, "SYN.USE1").unwrap();
+    assert_eq!((reused.overlap, reused.differing, reused.first_differing), (90, 30, Some(61)), "{reused:?}");
+    let (code, out, _) = tickmesh(&[
+        "recover",
+        "compare",
+        "--state-dir",
+        c.to_str().unwrap(),
+        "--with",
+        a.to_str().unwrap(),
+        "--source",
+        "SYN.USE1",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"differing\":30"), "{out}");
 }

@@ -73,6 +73,8 @@ fn assert_exactly_once(got: &Seen, want: &Seen) {
 enum Fault {
     Kill,
     Drain,
+    /// SIGTERM: a graceful stop, which is a drain with reason `shutdown`.
+    Term,
 }
 
 async fn failover(fault: Fault) {
@@ -106,6 +108,10 @@ async fn failover(fault: Fault) {
                 .unwrap();
             assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
         }
+        Fault::Term => {
+            // SAFETY: a plain syscall on a pid the demo reported.
+            unsafe { libc::kill(a.pid as i32, libc::SIGTERM) };
+        }
     }
     drive(&mut client, end, &mut got, &mut events).await;
     let want = ref_task.await.unwrap();
@@ -122,6 +128,9 @@ async fn failover(fault: Fault) {
         Fault::Kill => assert!(!matches!(lost[0], LossCause::Reconnect { .. }), "{lost:?}"),
         Fault::Drain => {
             assert!(matches!(lost[0], LossCause::Reconnect { reason, .. } if reason == "drain"), "{lost:?}")
+        }
+        Fault::Term => {
+            assert!(matches!(lost[0], LossCause::Reconnect { reason, .. } if reason == "shutdown"), "{lost:?}")
         }
     }
     let moved = events.iter().find_map(|e| match e {
@@ -144,6 +153,11 @@ async fn sigkill_of_the_region_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_of_the_region_loses_and_duplicates_nothing() {
     failover(Fault::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_region_moves_the_client_without_loss_or_duplicate() {
+    failover(Fault::Term).await;
 }
 
 /// `tickmesh bench failover` runs end to end and meets its own targets (it exits non-zero

@@ -69,6 +69,13 @@ pub struct GatewayConfig {
     /// within this many milliseconds of connecting, or it is closed: a slow-loris client
     /// cannot hold a socket open by trickling bytes. Default 10,000.
     pub handshake_timeout_ms: u64,
+    /// On a graceful stop (SIGTERM, `Node::shutdown`) clients are sent `reconnect` with
+    /// reason `shutdown` and the next region, and the process waits up to this long for
+    /// them to leave before closing the rest with 1012. Default 1,500 ms: enough for a
+    /// client to open its next connection, and well inside a Kubernetes
+    /// `terminationGracePeriodSeconds` of 30 s (keep it under that period minus a few
+    /// seconds for the journal sync). 0 closes at once (still with `reconnect` first).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +92,7 @@ impl Default for GatewayConfig {
             max_requests_per_sec: 50,
             io_backend: "auto".into(),
             handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 1_500,
         }
     }
 }
@@ -96,6 +104,12 @@ impl GatewayConfig {
             if let Err(e) = crate::pinning::map_cores(&self.cores, &crate::pinning::allowed_cpus()) {
                 problems.push(e);
             }
+        }
+        if self.shutdown_grace_ms > 25_000 {
+            problems.push(format!(
+                "gateway.shutdown_grace_ms = {} is too long; use 0 to 25000 (default 1500) so a stop fits a 30 s termination grace period",
+                self.shutdown_grace_ms
+            ));
         }
         if !(50..=60_000).contains(&self.heartbeat_ms) {
             problems.push(format!(
@@ -189,5 +203,18 @@ mod tests {
         let resolved = auto.resolved_io_backend();
         assert!(resolved == "epoll" || (cfg!(feature = "io-uring") && resolved == "io_uring"), "{resolved}");
         assert_eq!(GatewayConfig { io_backend: "epoll".into(), ..Default::default() }.resolved_io_backend(), "epoll");
+    }
+
+    #[test]
+    fn shutdown_grace_must_fit_a_termination_grace_period() {
+        let check = |ms| {
+            let mut p = Vec::new();
+            GatewayConfig { shutdown_grace_ms: ms, ..Default::default() }.validate(&mut p);
+            p
+        };
+        assert_eq!(GatewayConfig::default().shutdown_grace_ms, 1_500);
+        assert!(check(0).is_empty() && check(25_000).is_empty());
+        let p = check(60_000);
+        assert!(p.len() == 1 && p[0].contains("gateway.shutdown_grace_ms") && p[0].contains("0 to 25000"), "{p:?}");
     }
 }

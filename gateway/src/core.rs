@@ -74,6 +74,7 @@ impl Core {
         }
         handle.wake.notify_one();
         self.sessions.borrow_mut().insert(id, handle.clone());
+        self.shared.session_opened();
         metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).increment(1.0);
         tokio::task::spawn_local(session::run(self.clone(), stream, already_read, handle));
     }
@@ -118,6 +119,7 @@ impl Core {
         self.subindex.borrow_mut().remove(id);
         self.subscribers.borrow_mut().clear();
         if self.sessions.borrow_mut().remove(&id).is_some() {
+            self.shared.session_closed();
             metrics::gauge!("tickmesh_gateway_connections", "core" => self.index.to_string()).decrement(1.0);
         }
     }
@@ -415,7 +417,12 @@ pub(crate) async fn run_core(
     let _ = dispatcher.await;
     accept.abort();
     heartbeats.abort();
-    core.close_all(1001, "server shutting down");
+    // After a graceful stop (a drain with reason `shutdown`) the clients still here were
+    // told where to go: they get the drain's 1012. A stop without one is 1001 (going away).
+    match core.shared.drain_plan() {
+        Some(_) => core.close_all(1012, "region shutting down"),
+        None => core.close_all(1001, "server shutting down"),
+    }
     // Give sessions a moment to write their close frames.
     tokio::time::sleep(Duration::from_millis(100)).await;
     CURRENT.with(|c| *c.borrow_mut() = None);

@@ -14,6 +14,36 @@ use crate::shared::RegionLink;
 /// Default time between `reconnect` and the 1012 close.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Why clients are being sent away: the `reason` of PROTOCOL.md's `reconnect` message.
+/// Clients treat both the same (move to the named region and `resume`); the reason is for
+/// their logs and dashboards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrainReason {
+    /// An operator drained the region (`tickmesh admin drain`).
+    #[default]
+    Drain,
+    /// The process is stopping (SIGTERM, `Node::shutdown`): a rolling restart or a scale-down.
+    Shutdown,
+}
+
+impl DrainReason {
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainReason::Drain => "drain",
+            DrainReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The text of the 1012 close frame.
+    fn close_text(self) -> &'static str {
+        match self {
+            DrainReason::Drain => "region drained",
+            DrainReason::Shutdown => "region shutting down",
+        }
+    }
+}
+
 /// A drain in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainPlan {
@@ -25,6 +55,8 @@ pub struct DrainPlan {
     pub started: Instant,
     /// How long clients have to leave before 1012.
     pub grace: Duration,
+    /// Drain or shutdown (the `reason` clients are told).
+    pub reason: DrainReason,
 }
 
 impl DrainPlan {
@@ -34,7 +66,8 @@ impl DrainPlan {
             Some(n) => (n.region.as_str(), n.ws_url.as_str()),
             None => ("", ""),
         };
-        serde_json::to_vec(&serde_json::json!({"type":"reconnect","reason":"drain","region":region,"ws_url":ws_url}))
+        let reason = self.reason.as_str();
+        serde_json::to_vec(&serde_json::json!({"type":"reconnect","reason":reason,"region":region,"ws_url":ws_url}))
             .unwrap_or_default()
     }
 }
@@ -94,10 +127,11 @@ impl CoreDrain {
                     }
                 }
             }
-            (Some(Action::Close(ids)), _) => {
+            (Some(Action::Close(ids)), plan) => {
+                let text = plan.map(|p| p.reason).unwrap_or_default().close_text();
                 for id in ids {
                     if let Some(s) = sessions.get(&id) {
-                        s.state.borrow_mut().push_close(1012, "region drained");
+                        s.state.borrow_mut().push_close(1012, text);
                         s.wake.notify_one();
                     }
                 }
@@ -112,9 +146,13 @@ impl CoreDrain {
 pub(crate) fn refuse_upgrade(region: &str, plan: &DrainPlan) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
+    let doing = match plan.reason {
+        DrainReason::Drain => "draining",
+        DrainReason::Shutdown => "shutting down",
+    };
     let message = match &plan.next {
-        Some(n) => format!("region {region} is draining; connect to {} at {}", n.region, n.ws_url),
-        None => format!("region {region} is draining and knows no other region; retry later"),
+        Some(n) => format!("region {region} is {doing}; connect to {} at {}", n.region, n.ws_url),
+        None => format!("region {region} is {doing} and knows no other region; retry later"),
     };
     let mut body = serde_json::json!({"error": {"code": "draining", "message": message}});
     if let Some(n) = &plan.next {
@@ -139,6 +177,7 @@ mod tests {
             next: Some(RegionLink { region: "eu-west-1".into(), ws_url: "ws://b/v1/ws".into() }),
             started,
             grace: Duration::from_secs(5),
+            reason: DrainReason::Drain,
         }
     }
 
@@ -167,5 +206,9 @@ mod tests {
             v,
             serde_json::json!({"type":"reconnect","reason":"drain","region":"eu-west-1","ws_url":"ws://b/v1/ws"})
         );
+        let shutdown = DrainPlan { reason: DrainReason::Shutdown, ..plan(1, Instant::now()) };
+        let v: serde_json::Value = serde_json::from_slice(&shutdown.reconnect_message()).unwrap();
+        assert_eq!(v["reason"], "shutdown");
+        assert_eq!(v["region"], "eu-west-1");
     }
 }

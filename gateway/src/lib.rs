@@ -143,7 +143,8 @@ impl Gateway {
         self.local_addr
     }
 
-    /// Closes every session (close code 1001) and joins the worker threads.
+    /// Closes every session and joins the worker threads. Sessions get 1012 if a drain (a
+    /// graceful stop's `shutdown` drain included) is in force, else 1001.
     pub fn shutdown(self) {
         for c in &self.cores {
             let _ = c.send(CoreMsg::Shutdown);

@@ -33,6 +33,8 @@ pub struct GatewayShared {
     draining: AtomicBool,
     drain: Mutex<Option<crate::drain::DrainPlan>>,
     drain_generation: std::sync::atomic::AtomicU64,
+    /// Open client sessions on every core (a shutdown waits for them to leave).
+    sessions: std::sync::atomic::AtomicUsize,
     journal: std::sync::OnceLock<std::sync::Arc<tickmesh_journal::Journal>>,
     hops: crate::hops::Hops,
     /// Books read from the journal at start-up and the positions they are at: each core
@@ -61,6 +63,7 @@ impl GatewayShared {
             draining: AtomicBool::new(false),
             drain: Mutex::new(None),
             drain_generation: std::sync::atomic::AtomicU64::new(0),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
             journal: std::sync::OnceLock::new(),
             hops: crate::hops::Hops::new(),
             warm: Mutex::new(None),
@@ -176,9 +179,19 @@ impl GatewayShared {
     /// naming the next region of the failover list and closes the rest with 1012 after
     /// `grace`. Draining again restarts the grace period.
     pub fn start_drain(&self, grace: std::time::Duration) -> crate::drain::DrainPlan {
+        self.start_drain_for(crate::drain::DrainReason::Drain, grace)
+    }
+
+    /// Like [`GatewayShared::start_drain`], telling clients `reason` (`shutdown` when the
+    /// process stops: a graceful stop is a drain that never ends).
+    pub fn start_drain_for(
+        &self,
+        reason: crate::drain::DrainReason,
+        grace: std::time::Duration,
+    ) -> crate::drain::DrainPlan {
         let next = self.regions().into_iter().find(|r| r.region != self.region);
         let generation = self.drain_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let plan = crate::drain::DrainPlan { generation, next, started: std::time::Instant::now(), grace };
+        let plan = crate::drain::DrainPlan { generation, next, started: std::time::Instant::now(), grace, reason };
         *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
         self.draining.store(true, Ordering::Relaxed);
         plan
@@ -189,6 +202,19 @@ impl GatewayShared {
         self.drain_generation.fetch_add(1, Ordering::Relaxed);
         *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.draining.store(false, Ordering::Relaxed);
+    }
+
+    /// Open client sessions, every core together.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn session_opened(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_closed(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The drain in force, if any.

@@ -31,7 +31,7 @@ pub use audit::{
     user_pseudonym, AuditEntry, AuditFilter, AuditLog, AuditPage, EntryKind, UserDataRecord, VerifyReport,
 };
 pub use error::{Error, Result};
-pub use link::{Role, SourceView};
+pub use link::{HomeView, Role, SourceView};
 pub use mesh::{Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use peer_request::{RequestError, UserMessage, UserRequestHandler};
 pub use policy::{ClassRule, ResidencyConfig, ResidencyPolicy};

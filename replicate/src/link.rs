@@ -52,7 +52,7 @@
 //! transfers: no check, no audit.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tickmesh_codec::{frame, SourceId};
 
@@ -306,6 +306,11 @@ pub struct Heartbeat {
     pub sources: Vec<Held>,
     /// The sender's links.
     pub links: Vec<LinkInfo>,
+    /// The sender is draining (an operator drain or a graceful stop): peers leave it out
+    /// of route answers and failover lists. Absent (false) from senders that predate it,
+    /// and omitted when false, so either side may be older.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// `SUBSCRIBE`.
@@ -360,8 +365,23 @@ pub struct PeerView {
     pub rtt_us: u64,
     /// The peer's role (from its hello).
     pub role: Option<Role>,
+    /// The peer says it is draining (from its heartbeats on our dialed link).
+    pub draining: bool,
     /// Counters.
     pub stats: LinkStats,
+}
+
+/// What the peers hold of one home source during [`MeshCore::recover_home`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct HomeView {
+    /// Source.
+    pub src: String,
+    /// Highest `seq` this node holds (journaled or delivered).
+    pub seq: u64,
+    /// Highest `seq` any reporting peer holds.
+    pub peers_seq: u64,
+    /// Healthy peers whose heartbeat (with their positions) arrived.
+    pub reported_by: Vec<String>,
 }
 
 /// Replication state of one non-home source.
@@ -384,6 +404,9 @@ pub struct SourceView {
 #[derive(Debug, Default)]
 struct PeerInfo {
     role: Option<Role>,
+    draining: bool,
+    /// A heartbeat arrived on our dialed link: `sources` is what the peer holds.
+    heard: bool,
     sources: BTreeMap<SourceId, (u64, String)>,
     links: Vec<LinkInfo>,
 }
@@ -493,6 +516,11 @@ pub struct MeshCore {
     next_audit_flush: u64,
     actions: VecDeque<Action>,
     batch: Vec<u8>,
+    /// This node is draining (told to peers in every heartbeat).
+    draining: bool,
+    /// Home sources taken from peers until the node's feeds start (see
+    /// [`MeshCore::recover_home`]).
+    recovering: BTreeSet<SourceId>,
 }
 
 impl std::fmt::Debug for MeshCore {
@@ -544,6 +572,60 @@ impl MeshCore {
             next_audit_flush: now + 1_000_000_000,
             actions: VecDeque::new(),
             batch: Vec::new(),
+            draining: false,
+            recovering: BTreeSet::new(),
+        }
+    }
+
+    /// Before its feeds start, a node takes its own home sources from peers like any other
+    /// source: after a restore from an older backup (or a crash that lost an unsynced
+    /// tail) peers may hold records of them that this node lacks, and the feeds must
+    /// continue after those, never reusing a `seq`. [`MeshCore::home`] tells the node how
+    /// far the peers are; [`MeshCore::end_home_recovery`] ends it once the feeds start.
+    pub fn recover_home(&mut self) {
+        self.recovering = self.cfg.home.iter().copied().collect();
+        self.route();
+    }
+
+    /// Ends [`MeshCore::recover_home`]: home sources are this node's own again.
+    pub fn end_home_recovery(&mut self) {
+        for src in std::mem::take(&mut self.recovering) {
+            self.unsubscribe(&src);
+            self.subs.remove(&src);
+        }
+    }
+
+    /// What the peers hold of each home source, while [`MeshCore::recover_home`] is on.
+    pub fn home(&self) -> Vec<HomeView> {
+        self.recovering
+            .iter()
+            .map(|src| {
+                let reported: Vec<(&String, u64)> = self
+                    .peers
+                    .iter()
+                    .filter(|(r, p)| p.info.heard && self.healthy(r))
+                    .map(|(r, p)| (r, p.info.sources.get(src).map(|x| x.0).unwrap_or(0)))
+                    .collect();
+                HomeView {
+                    src: src.as_str().to_owned(),
+                    seq: self.have.get(src).copied().unwrap_or(0),
+                    peers_seq: reported.iter().map(|x| x.1).max().unwrap_or(0),
+                    reported_by: reported.iter().map(|x| x.0.clone()).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Marks this node draining (or active again). Every connection gets a heartbeat at
+    /// once, so peers learn it within one round trip instead of one heartbeat interval.
+    pub fn set_draining(&mut self, draining: bool) {
+        if self.draining == draining {
+            return;
+        }
+        self.draining = draining;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for c in conns {
+            self.heartbeat(c);
         }
     }
 
@@ -906,6 +988,8 @@ impl MeshCore {
             let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
             p.last_heard = now;
             p.info.links = hb.links;
+            p.info.draining = hb.draining;
+            p.info.heard = true;
             p.info.sources = sources;
             for (src, (_, origin)) in &p.info.sources {
                 if !origin.is_empty() && !self.cfg.home.contains(src) {
@@ -1227,6 +1311,7 @@ impl MeshCore {
             hold: if c.last_t > 0 { now - c.last_t_at } else { 0 },
             sources,
             links,
+            draining: self.draining,
         };
         self.actions.push_back(Action::Send { conn, stream, bytes: json_message(HEARTBEAT, &hb), ack: false });
     }
@@ -1298,7 +1383,7 @@ impl MeshCore {
         let mut known: Vec<SourceId> = Vec::new();
         for p in self.peers.values() {
             for s in p.info.sources.keys() {
-                if !self.cfg.home.contains(s) && !known.contains(s) {
+                if (!self.cfg.home.contains(s) || self.recovering.contains(s)) && !known.contains(s) {
                     known.push(*s);
                 }
             }
@@ -1389,6 +1474,7 @@ impl MeshCore {
                 serving: !p.accepted.is_empty(),
                 rtt_us: p.rtt_ns / 1000,
                 role: p.info.role,
+                draining: p.info.draining,
                 stats: p.stats.clone(),
             })
             .collect()
@@ -1497,6 +1583,7 @@ mod tests {
             hold: 0,
             sources: vec![Held { src: "TEST.SRC".into(), seq: 5, origin: "b".into() }],
             links: vec![],
+            draining: false,
         };
         c.handle(4, Event::Data { conn: 1, stream: 0, bytes: json_message(HEARTBEAT, &hb) }).unwrap();
         c.handle(5, Event::Tick).unwrap();
@@ -1528,5 +1615,41 @@ mod tests {
         let e = c.handle(7, Event::Data { conn: 1, stream, bytes: batch(&[good(4)]) }).unwrap_err();
         assert!(e.to_string().contains("gap"), "{e}");
         assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Deliver { .. })));
+    }
+
+    #[test]
+    fn draining_travels_in_the_heartbeat_and_old_heartbeats_read_as_active() {
+        let mut c = core("a", &["b"]);
+        c.handle(1, Event::Tick).unwrap();
+        drain(&mut c);
+        c.handle(2, Event::Connected { conn: 1, peer: "b".into(), dir: ConnDir::Dialed }).unwrap();
+        let hello = Hello { version: VERSION, region: "b".into(), role: Role::All, home: vec![] };
+        c.handle(3, Event::Data { conn: 1, stream: 0, bytes: json_message(HELLO, &hello) }).unwrap();
+        drain(&mut c);
+        // The peer says it drains; then a heartbeat without the field (an older peer).
+        let hb = |t: u64, extra: &str| {
+            let body = format!(r#"{{"t":{t},"echo":0,"hold":0,"sources":[],"links":[]{extra}}}"#);
+            message(HEARTBEAT, body.as_bytes())
+        };
+        c.handle(4, Event::Data { conn: 1, stream: 0, bytes: hb(4, r#","draining":true"#) }).unwrap();
+        assert!(c.peers().iter().any(|p| p.region == "b" && p.draining));
+        c.handle(5, Event::Data { conn: 1, stream: 0, bytes: hb(5, "") }).unwrap();
+        assert!(c.peers().iter().all(|p| !p.draining));
+        // Our own drain goes out at once, on every connection; undrain omits the field.
+        c.set_draining(true);
+        let sent: Vec<Bytes> = drain(&mut c)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { conn: 1, bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "one heartbeat on the one connection");
+        let hb: Heartbeat = serde_json::from_slice(&sent[0][5..]).unwrap();
+        assert!(hb.draining);
+        c.set_draining(false);
+        let sent = drain(&mut c);
+        let Some(Action::Send { bytes, .. }) = sent.first() else { panic!("no heartbeat after undrain: {sent:?}") };
+        assert!(!String::from_utf8_lossy(&bytes[5..]).contains("draining"));
     }
 }

@@ -25,7 +25,7 @@ use tickmesh_codec::SourceId;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, MeshCore, Role, SourceView, StreamId};
+use crate::link::{Action, ConnDir, ConnId, CoreConfig, Event, HomeView, MeshCore, Role, SourceView, StreamId};
 use crate::peer_request::{self, Channel, RequestError, UserMessage, UserRequestHandler};
 use crate::store::RecordStore;
 use crate::tls::Credentials;
@@ -134,6 +134,9 @@ pub struct PeerState {
     pub protocol_errors: u64,
     /// Its role, once it said hello.
     pub role: Option<Role>,
+    /// It says it is draining (operator drain or graceful stop): still reachable, but it
+    /// belongs in no route answer and no failover list.
+    pub draining: bool,
 }
 
 /// Shared status of the mesh, read by `/readyz`, `/v1/regions` and metrics. Refreshed by
@@ -141,6 +144,7 @@ pub struct PeerState {
 #[derive(Debug, Default)]
 pub struct MeshStatus {
     inner: Mutex<(Vec<PeerState>, Vec<SourceView>)>,
+    home: Mutex<Vec<HomeView>>,
 }
 
 impl MeshStatus {
@@ -153,6 +157,16 @@ impl MeshStatus {
     /// lag in records and ms.
     pub fn sources(&self) -> Vec<SourceView> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// While home recovery is on ([`MeshHandle::recover_home`]): what the peers hold of
+    /// each home source. Empty otherwise.
+    pub fn home(&self) -> Vec<HomeView> {
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_home(&self, home: Vec<HomeView>) {
+        *self.home.lock().unwrap_or_else(|e| e.into_inner()) = home;
     }
 
     fn set(&self, peers: Vec<PeerState>, sources: Vec<SourceView>) {
@@ -169,6 +183,8 @@ enum Command {
     AddPeer(PeerConfig),
     RemovePeer(String),
     UserRequest(Box<UserRequestCmd>),
+    SetDraining(bool),
+    RecoverHome(bool),
 }
 
 /// A user-data request waiting for a connection to its peer.
@@ -234,6 +250,30 @@ impl MeshHandle {
     pub fn remove_peer(&self, region: &str) -> Result<()> {
         self.cmds
             .send(Command::RemovePeer(region.to_owned()))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Tells every peer, in the heartbeat, that this node is draining (or active again):
+    /// their `/v1/regions`, `/v1/route` and `hello` lists leave it out meanwhile.
+    pub fn set_draining(&self, draining: bool) -> Result<()> {
+        self.cmds
+            .send(Command::SetDraining(draining))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Takes this node's home sources from peers that hold more of them, until
+    /// [`MeshHandle::end_home_recovery`]; progress in [`MeshStatus::home`]. See
+    /// [`MeshCore::recover_home`].
+    pub fn recover_home(&self) -> Result<()> {
+        self.cmds
+            .send(Command::RecoverHome(true))
+            .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
+    }
+
+    /// Ends [`MeshHandle::recover_home`] (the node's feeds are about to start).
+    pub fn end_home_recovery(&self) -> Result<()> {
+        self.cmds
+            .send(Command::RecoverHome(false))
             .map_err(|_| Error::Protocol { peer: "mesh".into(), what: "the mesh has stopped".into() })
     }
 }
@@ -533,6 +573,24 @@ impl Driver {
                 self.event(Event::RemovePeer(r));
             }
             Command::UserRequest(cmd) => self.user_request(*cmd),
+            Command::SetDraining(on) => {
+                tracing::info!(draining = on, "telling mesh peers this node's state");
+                self.core.set_draining(on);
+                while let Some(a) = self.core.poll_action() {
+                    self.action(a);
+                }
+            }
+            Command::RecoverHome(on) => {
+                if on {
+                    self.core.recover_home();
+                } else {
+                    self.core.end_home_recovery();
+                }
+                while let Some(a) = self.core.poll_action() {
+                    self.action(a);
+                }
+                self.status.set_home(self.core.home());
+            }
         }
     }
 
@@ -739,10 +797,12 @@ impl Driver {
                 duplicates: v.stats.duplicates,
                 protocol_errors: v.stats.protocol_errors,
                 role: v.role,
+                draining: v.draining,
                 region: v.region,
             })
             .collect();
         let sources = self.core.sources();
+        self.status.set_home(self.core.home());
         if self.last_export.elapsed() >= Duration::from_secs(1) {
             self.last_export = std::time::Instant::now();
             for p in &peers {

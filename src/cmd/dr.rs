@@ -12,9 +12,20 @@ pub struct BackupArgs {
     /// The node's state directory (journal/ and audit/ in it).
     #[arg(long)]
     state_dir: PathBuf,
-    /// Backup target: a directory or file:// URL. Repeated runs are incremental.
+    /// Backup target: a directory, file://PATH or s3://BUCKET/PREFIX (credentials and
+    /// endpoint from the AWS_* environment variables). Repeated runs are incremental.
     #[arg(long)]
     to: String,
+    /// Run continuously: an incremental backup every SECS seconds until SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECS")]
+    every: Option<u64>,
+    /// With --every: a full backup (every segment copied again) when the last full one is
+    /// older than this. Default one day.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    full_every: u64,
+    /// Make this backup (the first, with --every) a full one.
+    #[arg(long)]
+    full: bool,
 }
 
 /// `tickmesh restore`.
@@ -57,12 +68,69 @@ pub enum RecoverCmd {
         /// The plan file.
         plan: PathBuf,
     },
+    /// Compare one source between this state directory and another region's (read from
+    /// the files, so both nodes may run): records that differ under the same seq (a
+    /// reused seq) and seqs this one lacks. Prints one JSON line.
+    Compare {
+        /// This region's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The other region's state directory.
+        #[arg(long)]
+        with: PathBuf,
+        /// The source id (e.g. this region's home source).
+        #[arg(long)]
+        source: String,
+    },
 }
 
-/// Runs `tickmesh backup`.
+/// Runs `tickmesh backup` (once, or with `--every` until SIGINT/SIGTERM).
 pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let target = dr::Target::parse(&a.to)?;
-    let r = dr::backup(&a.state_dir, &target)?;
+    let Some(every) = a.every else {
+        let r = dr::backup_with(&a.state_dir, &target, a.full)?;
+        print_backup(&r);
+        return Ok(());
+    };
+    if every == 0 || a.full_every == 0 {
+        anyhow::bail!("--every and --full-every take a number of seconds above 0 (e.g. --every 60 --full-every 86400)");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        crate::demo::signal_flag(sig, stop.clone())?;
+    }
+    let mut first = true;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        let full = (first && a.full)
+            || match target.manifest() {
+                Ok(Some((m, _))) => {
+                    tickmesh_codec::now_ns().saturating_sub(m.last_full_ns)
+                        >= a.full_every.saturating_mul(1_000_000_000)
+                }
+                Ok(None) => true,
+                Err(_) => false, // the backup below reports it
+            };
+        match dr::backup_with(&a.state_dir, &target, full) {
+            Ok(r) => print_backup(&r),
+            // The first run fails loudly (a wrong target or state directory); later ones
+            // are retried at the next interval (a store that is briefly unreachable).
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), target = %target, "backup failed; retrying at the next interval");
+                println!("{}", serde_json::json!({"event": "backup_failed", "error": format!("{e:#}")}));
+            }
+        }
+        first = false;
+        let next = started + std::time::Duration::from_secs(every);
+        while std::time::Instant::now() < next && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn print_backup(r: &dr::BackupReport) {
     let ranges: serde_json::Map<String, serde_json::Value> = r
         .manifest
         .sources
@@ -75,7 +143,6 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
             "segments_copied": r.segments_copied, "segments_unchanged": r.segments_unchanged,
             "bytes_copied": r.bytes_copied, "sources": ranges})
     );
-    Ok(())
 }
 
 /// Runs `tickmesh restore`.
@@ -130,6 +197,11 @@ pub fn recover(cmd: RecoverCmd) -> anyhow::Result<()> {
                 out.display(),
                 out.display()
             );
+            Ok(())
+        }
+        RecoverCmd::Compare { state_dir, with, source } => {
+            let c = dr::compare(&state_dir, &with, &source)?;
+            println!("{}", serde_json::json!({"event": "compare", "comparison": c}));
             Ok(())
         }
         RecoverCmd::Apply { plan } => {
