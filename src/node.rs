@@ -588,6 +588,9 @@ fn home_gate(
             HomeGate::Wait(
                 "the journal was restored from a backup and no peer has reported its positions yet; the home feeds start once a peer is reachable (to start them now, accepting that seqs the peers hold may be reused, restart with `tickmesh node --home-without-peers`)".into(),
             )
+        } else if peers == 0 {
+            // Nobody to ask (a lone region): its journal is the only record of its sources.
+            HomeGate::Start("no mesh peers configured; starting after the journal's own positions".into())
         } else if elapsed_ns >= HOME_WAIT_NS {
             HomeGate::Start(format!(
                 "no peer reported within {} s; starting after the journal's own positions",
@@ -1306,6 +1309,8 @@ mod tests {
         assert!(matches!(&g, HomeGate::Wait(w) if w.contains("--home-without-peers")), "{g:?}");
         // Not restored: a lone region starts after the wait.
         assert!(!start(&home_gate(false, 2, 1_000_000_000, &[hv(100, 0, &[])], |_| 100)));
+        // No peers configured: nobody to wait for.
+        assert!(start(&home_gate(false, 0, 0, &[hv(100, 0, &[])], |_| 100)));
         assert!(start(&home_gate(false, 2, HOME_WAIT_NS, &[hv(100, 0, &[])], |_| 100)));
         // A peer holds more: wait until the journal has it, restored or not, however long.
         for strict in [true, false] {

@@ -208,12 +208,13 @@ fn json_message() -> impl Strategy<Value = Vec<u8>> {
             any::<u64>(),
             any::<u64>(),
             proptest::collection::vec(held(), 0..8),
-            proptest::collection::vec((text(), any::<u64>(), any::<bool>()), 0..4)
+            proptest::collection::vec((text(), any::<u64>(), any::<bool>()), 0..4),
+            any::<bool>()
         )
-            .prop_map(|(t, echo, hold, sources, links)| {
+            .prop_map(|(t, echo, hold, sources, links, draining)| {
                 let links =
                     links.into_iter().map(|(region, rtt_us, healthy)| LinkInfo { region, rtt_us, healthy }).collect();
-                json(HEARTBEAT, &Heartbeat { t, echo, hold, sources, links })
+                json(HEARTBEAT, &Heartbeat { t, echo, hold, sources, links, draining })
             }),
         (text(), any::<u64>()).prop_map(|(src, after_seq)| json(SUBSCRIBE, &Subscribe { src, after_seq })),
         (text(), text()).prop_map(|(src, reason)| json(REFUSED, &Refused { src, reason })),

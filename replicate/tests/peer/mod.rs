@@ -98,6 +98,7 @@ pub fn heartbeat(t: u64, sources: &[(&str, u64, &str)]) -> Vec<u8> {
                 .map(|(s, q, o)| Held { src: s.to_string(), seq: *q, origin: o.to_string() })
                 .collect(),
             links: vec![],
+            draining: false,
         },
     )
 }
