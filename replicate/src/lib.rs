@@ -28,7 +28,7 @@ pub mod wan;
 pub use audit::{AuditEntry, AuditFilter, AuditLog, AuditPage, VerifyReport};
 pub use error::{Error, Result};
 pub use link::{Role, SourceView};
-pub use mesh::{Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
+pub use mesh::{Delivery, Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use policy::{ClassRule, ResidencyConfig, ResidencyPolicy};
 pub use store::{Cursor, MemoryStore, RecordStore};
 pub use transfer::{AllowAll, DataClass, Decision, Direction, NoAudit, Transfer, TransferAudit, TransferPolicy};

@@ -65,6 +65,10 @@ impl Relay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
+        // Datagrams wait in the relay's queue, not in the kernel: a relay thread that is not
+        // scheduled for a while must not drop what the emulated link would have carried.
+        crate::mesh::socket_buffers(&*front, addr);
+        crate::mesh::socket_buffers(&*back, addr);
         let cut = Arc::new(AtomicBool::new(false));
         // The dialer's address, learned from its first datagram (one dialer per relay).
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
