@@ -16,7 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +39,9 @@ enum HubMsg {
     /// it, so a record the journal refuses (a full disk) never consumes a `seq`. The `u64`
     /// is when the ingest thread handed it over (ns): the start of the journal hop.
     Local(Box<tickmesh_codec::Record>, u64),
-    /// A batch of length-prefixed records from a peer, already validated.
-    Remote(Bytes),
+    /// A batch of length-prefixed records from a peer, already validated, with the times
+    /// it was sent (peer's clock) and received (the mesh hop).
+    Remote(tickmesh_replicate::Delivery),
 }
 
 /// A running node.
@@ -129,6 +129,16 @@ impl Node {
         let render = metrics.clone();
         let shared = Arc::new(GatewayShared::new(cfg.region.clone(), verifier, Box::new(move || render.render())));
         shared.set_regions(hello_regions(&cfg, None, 0));
+                if cfg.role == tickmesh_replicate::Role::Ingest {
+            // Clients belong on the region's gateway nodes (its public address); the cores
+            // still serve health, metrics, stats and admin routes.
+            shared.refuse_clients(
+                cfg.regions
+                    .iter()
+                    .find(|e| e.region == cfg.region)
+                    .map(|e| RegionLink { region: e.region.clone(), ws_url: e.ws_url.clone() }),
+            );
+        }
         for (src, seq) in journal.positions() {
             shared.note_position(src, seq);
         }
@@ -257,8 +267,8 @@ impl Node {
                     // never offered to peers (the residency policy classes it `pii` too).
                     home: home.clone(),
                     appended: appended_rx,
-                    inbound: Arc::new(move |b| {
-                        let _ = tx.send(HubMsg::Remote(b));
+                    inbound: Arc::new(move |d| {
+                        let _ = tx.send(HubMsg::Remote(d));
                     }),
                 })
                 .context("starting the mesh")?;
@@ -776,20 +786,19 @@ fn run_hub(rx: Receiver<HubMsg>, journal: Arc<Journal>, out: HubOutputs) {
                     }
                 }
                 HubMsg::Remote(batch) => {
-                    let mut rest: &[u8] = &batch;
+                    let mesh_ns = batch.hop_ns();
+                    let mut rest: &[u8] = &batch.frames;
                     while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
                         rest = tail;
                         match journal.append(rec) {
                             Ok(_) => {
-                                // Until the mesh stamps its batches, the mesh hop is measured as
-                                // the record's ts_ingest (its home region's clock) to its
-                                // arrival here: an upper bound that includes the home journal
-                                // hop, the mesh send, the link delay and the queue to this hub.
+                                // The mesh hop is the batch's receipt here minus its `sent_ns`
+                                // (stamped by the peer when it made the batch): the link delay
+                                // plus both mesh ends, without the home region's journal hop.
                                 // SAFETY: the mesh validated every record with `access_untrusted`.
                                 let r = unsafe { tickmesh_codec::access_trusted(rec) };
                                 if sampled(r.seq()) {
-                                    let d = tickmesh_codec::now_ns().saturating_sub(r.ts_ingest());
-                                    hops.record_mesh(r.source_id().as_str(), d);
+                                    hops.record_mesh(r.source_id().as_str(), mesh_ns);
                                 }
                                 publish(&mut fanout, &mut tally, rec);
                                 n += 1;

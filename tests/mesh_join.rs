@@ -194,19 +194,87 @@ fn a_fourth_region_joins_by_admin_call_and_backfills() {
     }
 }
 
+/// A log file without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `GET /v1/ws` with a valid token, expecting a refusal: (HTTP status, JSON body).
+async fn refused_upgrade(ws_url: &str, token: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(format!("{ws_url}?token={token}")).await {
+        Ok(_) => panic!("{ws_url} accepted a client WebSocket"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            let v = serde_json::from_slice(body)
+                .unwrap_or_else(|e| panic!("refusal body is not JSON ({e}): {}", String::from_utf8_lossy(body)));
+            (resp.status().as_u16(), v)
+        }
+        Err(e) => panic!("{ws_url}: expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// A region of one ingest node and two gateway nodes: the demo's us-east-1 process is
+/// replaced by a `role = "ingest"` node on the same state and addresses, which refuses
+/// clients (503, code `ingest_node`, naming the region's gateway address) and feeds two
+/// gateway nodes over QUIC; clients on both gateway nodes see the same records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_nodes_serve_the_same_records_as_their_region() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().to_owned();
     let demo = Demo::start_in(&state, &["--regions", "us-east-1,eu-west-1", "--rate", "300"], None);
     let region = "us-east-1";
-    let ingest = node_cfg(&state, region);
+    let mut ingest = node_cfg(&state, region);
     let upstream = ingest.mesh.as_ref().unwrap().listen.to_string();
+    let ingest_http = ingest.gateway.listen;
+    let gw_http = [free_tcp(), free_tcp()];
+    // The region's public address is its gateway nodes' load balancer (here: gateway 0).
+    let public_ws = format!("ws://{}/v1/ws", gw_http[0]);
+    for e in ingest.regions.iter_mut().filter(|e| e.region == region) {
+        e.ws_url = public_ws.clone();
+    }
+    ingest.role = Role::Ingest;
+    demo.kill_region(region);
+    wait_for("the demo's us-east-1 process gone", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(ingest_http).is_err()
+    });
+    let _ingest_node = start_node(&ingest);
+    tokio::task::spawn_blocking(move || {
+        wait_for("the ingest node up", Duration::from_secs(60), || {
+            get_json(ingest_http, "/readyz").is_some_and(|r| r["peers"]["eu-west-1"]["receiving"] == true)
+        })
+    })
+    .await
+    .unwrap();
+    // No client WebSocket on the ingest node, with where to go instead; HTTP stays up.
+    let (status, body) = refused_upgrade(&format!("ws://{ingest_http}/v1/ws"), &demo.user_token).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "ingest_node", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ingest node") && message.contains(&public_ws), "{body}");
+    assert_eq!(body["next"]["ws_url"], public_ws.as_str(), "{body}");
+    assert_eq!(body["next"]["region"], region, "{body}");
+    let health = tickmesh::http_get::get(ingest_http, "/healthz", Duration::from_secs(5)).unwrap();
+    assert_eq!(health.0, 200, "{health:?}");
+    let stats = get_json(ingest_http, "/v1/stats").expect("/v1/stats on the ingest node");
+    assert!(stats.is_object(), "{stats}");
+
     let mut gws = Vec::new();
     let mut urls = Vec::new();
-    for i in 0..2 {
+    for (i, http) in gw_http.into_iter().enumerate() {
         let dir = state.join(format!("{region}-gw{i}"));
-        let http = free_tcp();
         let mut cfg = ingest.clone();
         cfg.role = Role::Gateway;
         cfg.state_dir = dir.clone();
@@ -238,6 +306,16 @@ async fn gateway_nodes_serve_the_same_records_as_their_region() {
         let r = request(&mut ws, json!({"op":"subscribe","id":1,"channels":["trades"],"symbols":"*"})).await;
         assert_eq!(r["type"], "subscribed", "{r}");
         clients.push(ws);
+    }
+    // The mesh's log lines say which region (and role) they come from: the ingest node
+    // logged each gateway node's connection inside its `mesh{region=..}` span.
+    let log = strip_ansi(&std::fs::read_to_string(ingest.state_dir.join("node.log")).unwrap());
+    let ups: Vec<&str> = log.lines().filter(|l| l.contains("mesh connection up")).collect();
+    assert!(ups.iter().any(|l| l.contains("peer=eu-west-1")), "no mesh connection with eu-west-1 logged:\n{log}");
+    let gateways = ups.iter().filter(|l| l.contains("peer=us-east-1") && l.contains("dir=\"accepted\"")).count();
+    assert!(gateways >= 2, "the gateway nodes' connections are not logged:\n{log}");
+    for l in &ups {
+        assert!(l.contains("mesh{region=us-east-1 role=Ingest}"), "a mesh line without its region span: {l}");
     }
     let mut seen: Vec<BTreeMap<String, Vec<(u64, String)>>> = Vec::new();
     for mut ws in clients {

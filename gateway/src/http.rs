@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::session::{ConnectParams, Encoding};
-use crate::shared::GatewayShared;
+use crate::shared::{GatewayShared, RegionLink};
 use crate::{auth, core, ws};
 
 /// A JSON error body `{"error":{"code","message"}}` with `status`.
@@ -154,7 +154,31 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     })
 }
 
+/// The 503 an ingest-role node answers `/v1/ws` with: clients are served by the region's
+/// gateway nodes. The body has the `next` key of a draining region's refusal, so a client
+/// that follows one follows the other; there is no `Retry-After`, since retrying this node
+/// never helps.
+fn refuse_on_ingest_node(region: &str, gateways: Option<&RegionLink>) -> Response {
+    let message = match gateways {
+        Some(g) => format!(
+            "this is an ingest node of region {region} and serves no client WebSockets; connect to the region's gateway nodes at {}",
+            g.ws_url
+        ),
+        None => format!(
+            "this is an ingest node of region {region} and serves no client WebSockets; connect to the region's gateway nodes (its load balancer's /v1/ws)"
+        ),
+    };
+    let mut body = serde_json::json!({"error": {"code": "ingest_node", "message": message}});
+    if let Some(g) = gateways {
+        body["next"] = serde_json::json!({"region": g.region, "ws_url": g.ws_url});
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
 async fn ws_upgrade(State(shared): State<Arc<GatewayShared>>, mut req: Request) -> Response {
+    if let Some(gateways) = shared.clients_refused() {
+        return refuse_on_ingest_node(shared.region(), gateways);
+    }
     if let Some(plan) = shared.drain_plan() {
         return crate::drain::refuse_upgrade(shared.region(), &plan);
     }

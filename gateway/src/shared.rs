@@ -40,6 +40,9 @@ pub struct GatewayShared {
     /// Books read from the journal at start-up and the positions they are at: each core
     /// starts from a copy.
     warm: Mutex<Option<WarmBooks>>,
+    /// Set on an ingest-role node: `/v1/ws` is refused, pointing at the region's gateway
+    /// nodes (the inner `Option` is the region's public WebSocket address, if known).
+    no_clients: std::sync::OnceLock<Option<RegionLink>>,
 }
 
 type WarmBooks = (Arc<crate::books::BookMap>, BTreeMap<SourceId, u64>);
@@ -67,7 +70,21 @@ impl GatewayShared {
             journal: std::sync::OnceLock::new(),
             hops: crate::hops::Hops::new(),
             warm: Mutex::new(None),
+            no_clients: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this node refuse client WebSockets (HTTP 503, code `ingest_node`) for its
+    /// life: an ingest-role node keeps its HTTP routes and the mesh, and its clients belong
+    /// on the region's gateway nodes, reached at `gateways` (the region's load balancer).
+    pub fn refuse_clients(&self, gateways: Option<RegionLink>) {
+        let _ = self.no_clients.set(gateways);
+    }
+
+    /// `Some` when client WebSockets are refused ([`GatewayShared::refuse_clients`]), with
+    /// where the region's gateway nodes are, if known.
+    pub fn clients_refused(&self) -> Option<Option<&RegionLink>> {
+        self.no_clients.get().map(Option::as_ref)
     }
 
     /// This region.

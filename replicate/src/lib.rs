@@ -32,7 +32,7 @@ pub use audit::{
 };
 pub use error::{Error, Result};
 pub use link::{HomeView, Role, SourceView};
-pub use mesh::{Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
+pub use mesh::{Delivery, Inbound, Mesh, MeshConfig, MeshHandle, MeshParams, MeshStatus, PeerConfig, PeerState};
 pub use peer_request::{RequestError, UserMessage, UserRequestHandler};
 pub use policy::{ClassRule, ResidencyConfig, ResidencyPolicy};
 pub use store::{Cursor, MemoryStore, RecordStore};

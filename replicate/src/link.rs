@@ -255,6 +255,9 @@ pub enum Action {
         first_seq: u64,
         /// Last `seq`.
         last_seq: u64,
+        /// When the peer made the batch (its clock, the batch's `sent_ns`): the mesh hop is
+        /// receipt time minus this.
+        sent_ns: u64,
     },
 }
 
@@ -1154,7 +1157,7 @@ impl MeshCore {
             a.bytes += frames.len() as u64;
         }
         let _ = stream;
-        self.actions.push_back(Action::Deliver { peer, src, frames, count, first_seq, last_seq: next });
+        self.actions.push_back(Action::Deliver { peer, src, frames, count, first_seq, last_seq: next, sent_ns });
         Ok(())
     }
 

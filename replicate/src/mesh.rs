@@ -174,9 +174,29 @@ impl MeshStatus {
     }
 }
 
-/// Receives validated records from peers: a batch of length-prefixed frames of one
-/// source, continuing what the node holds.
-pub type Inbound = Arc<dyn Fn(Bytes) + Send + Sync>;
+/// A batch of validated records from a peer, for the node's journal.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Length-prefixed records (codec `frame` format) of one source, continuing what the
+    /// node holds.
+    pub frames: Bytes,
+    /// When the sender made the batch, on the sender's clock (ns since the epoch).
+    pub sent_ns: u64,
+    /// When this node's mesh received it (ns since the epoch). `received_ns - sent_ns` is
+    /// the mesh hop: the sender's queueing after the batch was made, the link, and this
+    /// side's reading and validation.
+    pub received_ns: u64,
+}
+
+impl Delivery {
+    /// The mesh hop of this batch, ns (0 if the clocks disagree the other way).
+    pub fn hop_ns(&self) -> u64 {
+        self.received_ns.saturating_sub(self.sent_ns)
+    }
+}
+
+/// Receives validated records from peers, one batch of one source at a time.
+pub type Inbound = Arc<dyn Fn(Delivery) + Send + Sync>;
 
 #[derive(Debug)]
 enum Command {
@@ -316,6 +336,7 @@ impl Mesh {
         let listen = p.cfg.listen;
         let sock = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind { addr: listen, source })?;
         let local_addr = sock.local_addr()?;
+        socket_buffers(&sock, local_addr);
         let status = Arc::new(MeshStatus::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -328,9 +349,15 @@ impl Mesh {
             handler: std::sync::RwLock::new(None),
         });
         let ch = users.clone();
+        let span = tracing::info_span!("mesh", region = %p.region, role = ?p.role);
         let thread = std::thread::Builder::new()
             .name("replicate-io".into())
             .spawn(move || {
+                // Every task of this thread's runtime (the driver, quinn's endpoint and
+                // connection tasks, stream readers and writers) is polled here, inside
+                // `block_on`: entering the span for the thread's life puts each of their
+                // log lines under `mesh{region=..}`.
+                let _root = span.entered();
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -422,6 +449,31 @@ impl Drop for Mesh {
     }
 }
 
+/// Socket buffers asked for on the mesh's UDP socket, each way (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Gives a UDP socket [`SOCKET_BUFFER`] bytes of kernel buffer each way.
+///
+/// The default (~200 KB) holds 20 ms of a 10 MB/s link: a receiving thread that is not
+/// scheduled for longer (a busy or shared machine) loses datagrams, QUIC retransmits them a
+/// round trip later and halves its window, and every record behind them waits. 4 MiB holds
+/// 400 ms. A smaller result than asked (a low `rmem_max`) is logged, not fatal.
+pub fn socket_buffers(sock: impl std::os::fd::AsFd, addr: SocketAddr) {
+    let s = socket2::SockRef::from(&sock);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let got = s.recv_buffer_size().unwrap_or(0);
+    if got < SOCKET_BUFFER {
+        tracing::info!(
+            %addr,
+            asked = SOCKET_BUFFER,
+            got,
+            "mesh UDP receive buffer is smaller than asked; raise net.core.rmem_max to absorb scheduling stalls"
+        );
+    }
+}
+
 /// What I/O tasks tell the driver task.
 enum Msg {
     Core(Event),
@@ -470,6 +522,8 @@ struct Driver {
     last_export: std::time::Instant,
     /// The user-data request channel.
     users: Arc<Channel>,
+    /// The time given to the core with the event being handled (a batch's receipt time).
+    now: u64,
 }
 
 fn now_ns() -> u64 {
@@ -513,6 +567,7 @@ impl Driver {
             rx,
             last_export: std::time::Instant::now(),
             users,
+            now: now_ns(),
         }
     }
 
@@ -523,7 +578,15 @@ impl Driver {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                Some(msg) = self.rx.recv() => self.msg(msg),
+                Some(msg) = self.rx.recv() => {
+                    self.msg(msg);
+                    // Whatever else the I/O tasks queued meanwhile is handled in this same
+                    // wake-up (bounded, so the other branches still get their turn).
+                    for _ in 0..256 {
+                        let Ok(msg) = self.rx.try_recv() else { break };
+                        self.msg(msg);
+                    }
+                }
                 _ = tick.tick() => {
                     self.event(Event::Tick);
                     self.export();
@@ -622,6 +685,7 @@ impl Driver {
                     conn.close(quinn::VarInt::from_u32(0), b"peer removed");
                     return;
                 }
+                tracing::info!(peer = %peer, remote = %conn.remote_address(), dir = "dialed", "mesh connection up");
                 let id = self.register(conn, peer.clone());
                 self.event(Event::Connected { conn: id, peer, dir: ConnDir::Dialed });
             }
@@ -642,6 +706,7 @@ impl Driver {
                     conn.close(quinn::VarInt::from_u32(1), b"certificate names no configured region");
                     return;
                 };
+                tracing::info!(peer = %region, remote = %conn.remote_address(), dir = "accepted", "mesh connection up");
                 let id = self.register(conn, region.clone());
                 self.event(Event::Connected { conn: id, peer: region, dir: ConnDir::Accepted });
             }
@@ -690,7 +755,9 @@ impl Driver {
 
     fn event(&mut self, ev: Event) {
         let closed = if let Event::Closed { conn } = &ev { Some(*conn) } else { None };
-        if let Err(e) = self.core.handle(now_ns(), ev) {
+        let now = now_ns();
+        self.now = now;
+        if let Err(e) = self.core.handle(now, ev) {
             tracing::warn!(error = %e, "mesh protocol error; closing that peer's connection");
         }
         if let Some(c) = closed {
@@ -702,7 +769,10 @@ impl Driver {
     }
 
     fn forget(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+        if let Some((c, peer)) = self.conns.remove(&conn) {
+            let why = c.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "closed here".into());
+            tracing::info!(peer = %peer, remote = %c.remote_address(), reason = %why, "mesh connection down");
+        }
         self.writers.retain(|(c, _), _| *c != conn);
     }
 
@@ -761,7 +831,9 @@ impl Driver {
                 }
                 self.forget(conn);
             }
-            Action::Deliver { frames, .. } => (self.inbound)(frames),
+            Action::Deliver { frames, sent_ns, .. } => {
+                (self.inbound)(Delivery { frames, sent_ns, received_ns: self.now })
+            }
         }
     }
 

@@ -10,7 +10,6 @@
 //! [`LinkModel`] decides delay and loss without I/O (time and randomness passed in);
 //! [`Relay`] is the thin tokio driver around it.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -64,18 +63,29 @@ impl Relay {
     /// Starts a relay on 127.0.0.1 that forwards to `target` with `model` each way. Runs on
     /// the current tokio runtime.
     pub async fn start(target: SocketAddr, model: LinkModel, seed: u64) -> std::io::Result<Relay> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let bind = || -> std::io::Result<(Arc<UdpSocket>, std::net::UdpSocket)> {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            s.set_nonblocking(true)?;
+            let sender = s.try_clone()?;
+            Ok((Arc::new(UdpSocket::from_std(s)?), sender))
+        };
+        let (front, front_tx) = bind()?;
+        let (back, back_tx) = bind()?;
         let addr = front.local_addr()?;
+        // Datagrams wait in the relay's queue, not in the kernel: a relay thread that is not
+        // scheduled for a while must not drop what the emulated link would have carried.
+        crate::mesh::socket_buffers(&*front, addr);
+        crate::mesh::socket_buffers(&*back, addr);
         let cut = Arc::new(AtomicBool::new(false));
         let loss_ppm = Arc::new(AtomicU32::new(0));
         // The dialer's address, learned from its first datagram (one dialer per relay).
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
         {
-            let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
+            let (front, cut, client) = (front.clone(), cut.clone(), client.clone());
             let loss = loss_ppm.clone();
+            let out = deliver(back_tx, cut.clone())?;
             tokio::spawn(async move {
-                pump(front, back, model, (cut, loss), seed, move |from| {
+                pump(front, out, model, (cut, loss), seed, move |from| {
                     *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
                     Some(target)
                 })
@@ -83,10 +93,11 @@ impl Relay {
             });
         }
         {
-            let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
+            let (back, cut) = (back.clone(), cut.clone());
             let loss = loss_ppm.clone();
+            let out = deliver(front_tx, cut.clone())?;
             tokio::spawn(async move {
-                pump(back, front, model, (cut, loss), seed ^ 0x9E37_79B9, move |_| {
+                pump(back, out, model, (cut, loss), seed ^ 0x9E37_79B9, move |_| {
                     *client.lock().unwrap_or_else(|e| e.into_inner())
                 })
                 .await
@@ -114,9 +125,45 @@ impl Relay {
 }
 
 /// Receives on `rx`, holds each datagram per `model`, sends it on `tx` to `dest(from)`.
+/// A datagram held by the relay: when to forward it, to whom.
+type Held = (std::time::Instant, SocketAddr, Vec<u8>);
+
+/// Starts the thread that forwards one direction's datagrams at their due time.
+///
+/// A thread of its own, sleeping with `std::thread::sleep` (high-resolution timers, tens of
+/// µs late), because tokio's timer has 1 ms resolution and rounds deadlines up: it added
+/// 0.5-1 ms to every datagram of the emulated link, which the mesh benchmark then counted
+/// as latency added by the mesh.
+fn deliver(sock: std::net::UdpSocket, cut: Arc<AtomicBool>) -> std::io::Result<std::sync::mpsc::Sender<Held>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Held>();
+    std::thread::Builder::new().name("wan-relay-tx".into()).spawn(move || {
+        // Ends when the receiving task (the sender of `rx`) is dropped with its runtime.
+        while let Ok((at, to, d)) = rx.recv() {
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if cut.load(Ordering::Relaxed) {
+                continue;
+            }
+            // The socket is shared with tokio (non-blocking): a full send buffer is waited
+            // out briefly rather than dropping what the link carried.
+            for _ in 0..1000 {
+                match sock.send_to(&d, to) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    _ => break,
+                }
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
 async fn pump(
     rx: Arc<UdpSocket>,
-    tx: Arc<UdpSocket>,
+    out: std::sync::mpsc::Sender<Held>,
     model: LinkModel,
     (cut, loss_ppm): (Arc<AtomicBool>, Arc<AtomicU32>),
     seed: u64,
@@ -124,33 +171,20 @@ async fn pump(
 ) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut queue: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
+    let mut last: Option<Instant> = None;
     let mut buf = vec![0u8; 65_536];
     loop {
-        let next = queue.front().map(|(at, _, _)| *at);
-        tokio::select! {
-            r = rx.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { return };
-                if cut.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let Some(to) = dest(from) else { continue };
-                let last = queue.back().map(|(at, _, _)| *at);
-                let extra = f64::from(loss_ppm.load(Ordering::Relaxed)) / 1e6;
-                let model = LinkModel { loss: model.loss.max(extra), ..model };
-                if let Some(at) = model.schedule(Instant::now(), last, rng.random(), rng.random()) {
-                    queue.push_back((at, to, buf[..n].to_vec()));
-                }
-            }
-            () = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {
-                let now = Instant::now();
-                while queue.front().is_some_and(|(at, _, _)| *at <= now) {
-                    if let Some((_, to, d)) = queue.pop_front() {
-                        if !cut.load(Ordering::Relaxed) {
-                            let _ = tx.send_to(&d, to).await;
-                        }
-                    }
-                }
+        let Ok((n, from)) = rx.recv_from(&mut buf).await else { return };
+        if cut.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Some(to) = dest(from) else { continue };
+        let extra = f64::from(loss_ppm.load(Ordering::Relaxed)) / 1e6;
+        let model = LinkModel { loss: model.loss.max(extra), ..model };
+        if let Some(at) = model.schedule(Instant::now(), last, rng.random(), rng.random()) {
+            last = Some(at);
+            if out.send((at.into_std(), to, buf[..n].to_vec())).is_err() {
+                return;
             }
         }
     }

@@ -2,7 +2,6 @@
 //! region receives our records; a foreign CA's certificate, or one naming a region that
 //! is not configured, gets nothing.
 
-use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +16,8 @@ fn free_udp() -> SocketAddr {
 struct Node {
     _mesh: Mesh,
     got: Arc<Mutex<Vec<u64>>>,
+    /// (sent_ns, received_ns) of every batch received.
+    batches: Arc<Mutex<Vec<(u64, u64)>>>,
     _appended: tokio::sync::watch::Sender<u64>,
 }
 
@@ -32,6 +33,8 @@ fn start(
     let creds = Credentials::from_pem(&ca.cert, &leaf).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let times = batches.clone();
     let (tx, rx) = tokio::sync::watch::channel(0);
     let mesh = Mesh::start(MeshParams {
         region: region.into(),
@@ -49,15 +52,16 @@ fn start(
         store: Arc::new(store) as Arc<dyn RecordStore>,
         home: home.iter().map(|s| SourceId::new(s).unwrap()).collect(),
         appended: rx,
-        inbound: Arc::new(move |b: Bytes| {
+        inbound: Arc::new(move |d: tickmesh_replicate::Delivery| {
+            times.lock().unwrap().push((d.sent_ns, d.received_ns));
             let mut g = sink.lock().unwrap();
-            for r in frame::Frames::new(&b) {
+            for r in frame::Frames::new(&d.frames) {
                 g.push(r.unwrap().seq());
             }
         }),
     })
     .unwrap();
-    Node { _mesh: mesh, got, _appended: tx }
+    Node { _mesh: mesh, got, batches, _appended: tx }
 }
 
 fn wait_for(n: usize, got: &Mutex<Vec<u64>>, limit: Duration) -> usize {
@@ -81,11 +85,22 @@ fn only_a_configured_region_with_our_ca_receives_records() {
         store.append(&testing::trade(seq, "AAPL", "1", "1", Side::Buy).to_bytes()).unwrap();
     }
     let (a_addr, b_addr, x_addr, c_addr) = (free_udp(), free_udp(), free_udp(), free_udp());
+    let started_ns = tickmesh_codec::now_ns();
     // A serves its home source TEST.SRC and knows peers b and x.
     let _a = start("a", &ca, a_addr, &[("b", b_addr), ("x", x_addr)], store, &["TEST.SRC"]);
     let b = start("b", &ca, b_addr, &[("a", a_addr)], Arc::new(MemoryStore::default()), &[]);
     assert_eq!(wait_for(100, &b.got, Duration::from_secs(20)), 100, "the configured peer receives every record");
     assert_eq!(*b.got.lock().unwrap(), (1..=100).collect::<Vec<u64>>(), "in order, once");
+    // Each batch carries when the sender made it (its clock; one machine here): the mesh
+    // hop is receipt minus that, not minus the records' ts_ingest (November 2023 in these
+    // test records, which would make the hop years long).
+    let batches = b.batches.lock().unwrap().clone();
+    assert!(!batches.is_empty());
+    for (sent, received) in batches {
+        assert!(sent >= started_ns, "batch stamped {sent}, before the mesh started at {started_ns}");
+        assert!(received >= sent, "received {received} before sent {sent}");
+        assert!(received - sent < 60_000_000_000, "a mesh hop of {} ns", received - sent);
+    }
     // Region x, but from a foreign CA: the TLS handshake fails.
     let x = start("x", &foreign, x_addr, &[("a", a_addr)], Arc::new(MemoryStore::default()), &[]);
     // Region c from our CA, but c is not a configured peer of a.

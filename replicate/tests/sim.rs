@@ -453,7 +453,7 @@ impl Sim {
                     self.at(t, Ev::Core(other.node, Event::Closed { conn: other.conn }));
                 }
             }
-            Action::Deliver { peer, src, frames, count, first_seq, last_seq } => {
+            Action::Deliver { peer, src, frames, count, first_seq, last_seq, .. } => {
                 let node = &self.nodes[i];
                 let before = node.store.positions().into_iter().find(|(s, _)| *s == src).map(|x| x.1).unwrap_or(0);
                 assert_eq!(

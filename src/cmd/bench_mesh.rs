@@ -12,14 +12,13 @@
 //!   batches, read and validated (`access_untrusted`) on the other side.
 
 use anyhow::Context;
-use bytes::Bytes;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tickmesh_codec::{frame, Body, InstrumentId, Meta, Px, Qty, Record, Seq, Side, SourceId, Symbol, Trade};
 use tickmesh_replicate::tls::{self, Credentials, TlsFiles};
-use tickmesh_replicate::{MemoryStore, Mesh, MeshConfig, MeshParams, PeerConfig, RecordStore, Role};
+use tickmesh_replicate::{Delivery, MemoryStore, Mesh, MeshConfig, MeshParams, PeerConfig, RecordStore, Role};
 
 /// Options of `tickmesh bench mesh`.
 #[derive(Debug, Clone)]
@@ -135,20 +134,29 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
 
     // Latency at a fixed rate.
     let store = Arc::new(MemoryStore::default());
-    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).context("histogram")?));
+    let new_hist = || hdrhistogram::Histogram::<u64>::new(3).context("histogram");
+    // Whole added latency, then its three parts: append to the batch made (`sent_ns`: the
+    // sender's wake-up and batching), batch made to received (quinn both ends and the link,
+    // less the emulated delay), received to handed to the node.
+    let hist = Arc::new(Mutex::new([new_hist()?, new_hist()?, new_hist()?, new_hist()?]));
     let got = Arc::new(AtomicU64::new(0));
     let (h2, g2) = (hist.clone(), got.clone());
     let p = pair(
         store.clone(),
         src,
         opts.rtt_ms,
-        Arc::new(move |b: Bytes| {
+        Arc::new(move |d: Delivery| {
             let now = tickmesh_codec::now_ns();
             let mut h = h2.lock().unwrap_or_else(|e| e.into_inner());
-            let n = count_frames(&b, |rec| {
+            let wire = d.hop_ns().saturating_sub(one_way_ns) / 1000;
+            let handed = now.saturating_sub(d.received_ns) / 1000;
+            let n = count_frames(&d.frames, |rec| {
                 if let Ok(r) = tickmesh_codec::access_untrusted(rec) {
                     let added = now.saturating_sub(r.ts_ingest()).saturating_sub(one_way_ns);
-                    let _ = h.record(added / 1000);
+                    let _ = h[0].record(added / 1000);
+                    let _ = h[1].record(d.sent_ns.saturating_sub(r.ts_ingest()) / 1000);
+                    let _ = h[2].record(wire);
+                    let _ = h[3].record(handed);
                 }
             });
             g2.fetch_add(n, Ordering::Relaxed);
@@ -162,7 +170,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "the mesh link did not come up in 30 s");
         std::thread::sleep(Duration::from_millis(10));
     }
-    hist.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    hist.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|h| h.reset());
     let total = u64::from(opts.rate) * opts.seconds;
     let start = Instant::now();
     let mut seq = 1;
@@ -186,7 +194,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     }
     let sent_for = start.elapsed();
     drop(p);
-    let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let [h, h_batch, h_wire, h_handed] = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
     // Throughput: catch-up of a preloaded store.
     let store = Arc::new(MemoryStore::default());
@@ -205,8 +213,8 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         store,
         src,
         opts.rtt_ms,
-        Arc::new(move |b: Bytes| {
-            let k = count_frames(&b, |_| {});
+        Arc::new(move |d: Delivery| {
+            let k = count_frames(&d.frames, |_| {});
             let n = g2.fetch_add(k, Ordering::Relaxed) + k;
             if n >= want {
                 *d2.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -283,6 +291,11 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         pct(&h, 0.999),
         h.max()
     );
+    for (name, h) in
+        [("append to batch sent", &h_batch), ("batch sent to received", &h_wire), ("received to handed", &h_handed)]
+    {
+        println!("    {name:<24} p50 {}  p99 {}  p99.9 {}  max {}", pct(h, 0.50), pct(h, 0.99), pct(h, 0.999), h.max());
+    }
     println!(
         "throughput: {} records ({} MB)\n  mesh (catch-up, validated): {:.2} M rec/s\n  plain TCP (validated):      {:.2} M rec/s",
         opts.records,

@@ -7,7 +7,6 @@
 //! source the policy keeps home is refused and the refusal audited).
 
 use anyhow::Context;
-use bytes::Bytes;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,9 +85,9 @@ pub fn run(opts: TapOptions) -> anyhow::Result<()> {
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let (p2, d2, count) = (printed.clone(), done.clone(), opts.count);
-    let inbound = Arc::new(move |b: Bytes| {
+    let inbound = Arc::new(move |d: tickmesh_replicate::Delivery| {
         let mut out = std::io::stdout().lock();
-        let mut rest: &[u8] = &b;
+        let mut rest: &[u8] = &d.frames;
         while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
             rest = tail;
             if count > 0 && p2.load(Ordering::Relaxed) >= count {

@@ -217,7 +217,7 @@ impl Node {
         self.actions
             .iter()
             .filter_map(|a| match a {
-                Action::Deliver { peer, src, frames, count, first_seq, last_seq } => Some(Delivered {
+                Action::Deliver { peer, src, frames, count, first_seq, last_seq, .. } => Some(Delivered {
                     peer: peer.clone(),
                     src: *src,
                     frames: frames.clone(),
