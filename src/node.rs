@@ -129,7 +129,7 @@ impl Node {
         let render = metrics.clone();
         let shared = Arc::new(GatewayShared::new(cfg.region.clone(), verifier, Box::new(move || render.render())));
         shared.set_regions(hello_regions(&cfg, None, 0));
-                if cfg.role == tickmesh_replicate::Role::Ingest {
+        if cfg.role == tickmesh_replicate::Role::Ingest {
             // Clients belong on the region's gateway nodes (its public address); the cores
             // still serve health, metrics, stats and admin routes.
             shared.refuse_clients(
