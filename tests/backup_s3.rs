@@ -5,12 +5,15 @@
 //! `--full-every`), and `tickmesh restore --from s3://... --at T` reproducing the journal
 //! exactly up to T.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tickmesh_codec::{testing, Seq, Side, SourceId};
+use support::fill_ts as ts;
+use tickmesh_codec::SourceId;
 use tickmesh_journal::{Journal, JournalConfig};
 
 const SOURCES: [&str; 2] = ["SYN.USE1", "XNAS.ITCH"];
@@ -85,23 +88,8 @@ impl Drop for Moto {
     }
 }
 
-fn ts(k: usize, seq: u64) -> u64 {
-    1_700_000_000_000_000_000 + seq * 1_000_000 + k as u64 * 1_000
-}
-
 fn fill(state: &Path, from: u64, to: u64) {
-    let cfg = JournalConfig { segment_bytes: 8_192, ..JournalConfig::default() };
-    let (j, _) = Journal::open(&state.join("journal"), cfg).unwrap();
-    for seq in from..=to {
-        for (k, s) in SOURCES.iter().enumerate() {
-            let mut r = testing::trade(seq, "AAPL", "320.14", "100", if seq % 2 == 0 { Side::Buy } else { Side::Sell });
-            r.header.src = SourceId::new(s).unwrap();
-            r.header.seq = Seq(seq);
-            r.header.ts_ingest = ts(k, seq);
-            j.append(&r.to_bytes()).unwrap();
-        }
-    }
-    j.sync().unwrap();
+    support::fill_journal(state, &SOURCES, from, to);
 }
 
 fn records(dir: &Path, src: &str) -> Vec<Vec<u8>> {

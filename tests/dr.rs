@@ -1,8 +1,11 @@
 //! Disaster recovery: backup, wipe, restore (byte-identical), incremental backups,
 //! point-in-time restore against the journal reader, damaged backups, recovery plans.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::fill_ts as ts;
 use tickmesh::dr::{self, Target};
 use tickmesh_codec::{testing, Seq, Side, SourceId};
 use tickmesh_journal::{Journal, JournalConfig};
@@ -14,24 +17,9 @@ fn small() -> JournalConfig {
     JournalConfig { segment_bytes: 8_192, ..JournalConfig::default() }
 }
 
-/// ts_ingest of record `seq` of source number `k`: rising, interleaved across sources.
-fn ts(k: usize, seq: u64) -> u64 {
-    1_700_000_000_000_000_000 + seq * 1_000_000 + k as u64 * 1_000
-}
-
 /// Appends records `from..=to` of every source.
 fn fill(state: &Path, from: u64, to: u64) {
-    let (j, _) = Journal::open(&state.join("journal"), small()).unwrap();
-    for seq in from..=to {
-        for (k, s) in SOURCES.iter().enumerate() {
-            let mut r = testing::trade(seq, "AAPL", "320.14", "100", if seq % 2 == 0 { Side::Buy } else { Side::Sell });
-            r.header.src = SourceId::new(s).unwrap();
-            r.header.seq = Seq(seq);
-            r.header.ts_ingest = ts(k, seq);
-            j.append(&r.to_bytes()).unwrap();
-        }
-    }
-    j.sync().unwrap();
+    support::fill_journal(state, &SOURCES, from, to);
 }
 
 fn audit(state: &Path, n: u64) {

@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use support::{connect, next_msg, Demo, Msg};
+use support::{connect, Demo};
 
 fn admin(args: &[&str]) -> (bool, String, String) {
     let out =
@@ -63,18 +63,7 @@ async fn drain_moves_clients_then_closes_with_1012_and_undrain_reopens() {
     assert_eq!(v["region"], "us-east-1", "{out}");
 
     // The connected client is told where to go, then closed with 1012 after the grace.
-    let mut reconnect = None;
-    let mut close = None;
-    while let Some(m) = next_msg(&mut ws, Duration::from_secs(10)).await {
-        match m {
-            Msg::Json(j) if j["type"] == "reconnect" => reconnect = Some(j),
-            Msg::Close(c) => {
-                close = Some(c);
-                break;
-            }
-            _ => {}
-        }
-    }
+    let (reconnect, close) = support::reconnect_then_close(&mut ws, Duration::from_secs(10)).await;
     let r = reconnect.expect("a reconnect message");
     assert_eq!(r["reason"], "drain");
     assert_eq!(r["region"], "eu-west-1");

@@ -307,16 +307,7 @@ async fn a_restarted_region_serves_whole_books_and_rebuilds_old_positions_from_t
     demo.kill_region_and_wait("us-east-1");
     drop(a);
     let dir = tmp.path().join("us-east-1");
-    let log = std::fs::File::create(dir.join("restart.log")).unwrap();
-    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
-        .arg("node")
-        .arg("--config")
-        .arg(dir.join("node.toml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restart the region");
+    let _node = support::NodeProcess::start(&dir);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut a = loop {
         match tokio_tungstenite::connect_async(format!("{url}?token={}", demo.user_token)).await {
@@ -346,6 +337,4 @@ async fn a_restarted_region_serves_whole_books_and_rebuilds_old_positions_from_t
     let mut data = after;
     book_messages_until(&mut a, src, s2, &mut data).await;
     assert_eq!(view(&snaps[0], &data, s2), from_snapshot(&fresh[0]), "the books at seq {s2}");
-    let _ = node.kill();
-    let _ = node.wait();
 }

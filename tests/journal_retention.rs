@@ -39,31 +39,20 @@ async fn retention_deletes_old_segments_and_resume_reports_the_loss() {
     journal.insert("retain_bytes".into(), toml::Value::Integer(3 * SEGMENT as i64));
     journal.insert("retention_every_secs".into(), toml::Value::Integer(1));
     std::fs::write(dir.join("node.toml"), toml::to_string(&cfg).unwrap()).unwrap();
-    let log = std::fs::File::create(dir.join("restart.log")).unwrap();
-    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_tickmesh"))
-        .arg("node")
-        .arg("--config")
-        .arg(dir.join("node.toml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restart the region");
+    let node = support::NodeProcess::start(&dir);
 
     // Wait until retention has deleted something: the first segment of the source is gone.
     let src_dir = dir.join("journal").join("SYN.USE1");
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut deleted = false;
     while Instant::now() < deadline {
-        let log = std::fs::read_to_string(dir.join("restart.log")).unwrap_or_default();
-        if log.contains("journal retention deleted old segments") {
+        if node.log_text().contains("journal retention deleted old segments") {
             deleted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = std::fs::read_to_string(dir.join("restart.log")).unwrap_or_default();
-    assert!(deleted, "no retention within 90 s; node log:\n{log}");
+    assert!(deleted, "no retention within 90 s; node log:\n{}", node.log_text());
     // Bounded: what is retained plus the active segment (and its index).
     let (bytes, _) = source_bytes(&src_dir);
     assert!(bytes <= 5 * SEGMENT, "journal of SYN.USE1 holds {bytes} bytes, above 3 segments + the active one");
@@ -96,6 +85,4 @@ async fn retention_deletes_old_segments_and_resume_reports_the_loss() {
     assert!(to > 2, "{gap}");
     let first = first_after.expect("records after the gap");
     assert!(first > to, "records resume after the gap: first {first}, gap to {to}");
-    let _ = node.kill();
-    let _ = node.wait();
 }

@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::{connect, next_msg, Demo, Msg};
+use support::{connect, Demo};
 
 async fn get_json(url: &str) -> (u16, Value) {
     let (status, body) =
@@ -57,18 +57,7 @@ async fn sigterm_sends_reconnect_shutdown_then_1012_and_exits() {
     // SAFETY: a plain syscall on a pid the demo reported.
     unsafe { libc::kill(a.pid as i32, libc::SIGTERM) };
     let t0 = Instant::now();
-    let mut reconnect = None;
-    let mut close = None;
-    while let Some(m) = next_msg(&mut ws, Duration::from_secs(15)).await {
-        match m {
-            Msg::Json(j) if j["type"] == "reconnect" => reconnect = Some(j),
-            Msg::Close(c) => {
-                close = Some(c);
-                break;
-            }
-            _ => {}
-        }
-    }
+    let (reconnect, close) = support::reconnect_then_close(&mut ws, Duration::from_secs(15)).await;
     let r = reconnect.expect("a reconnect message before the close");
     assert_eq!(r["reason"], "shutdown", "{r}");
     assert_eq!(r["region"], "eu-west-1", "{r}");

@@ -243,3 +243,77 @@ pub fn read_journal(dir: &std::path::Path) -> std::collections::BTreeMap<String,
     }
     out
 }
+
+/// `tickmesh node` started on a region's directory of a demo state (its `node.toml`), with
+/// its output in `restart.log` there; SIGKILLed on drop. For tests that restart a region.
+pub struct NodeProcess {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl NodeProcess {
+    pub fn start(region_dir: &std::path::Path) -> NodeProcess {
+        let log = region_dir.join("restart.log");
+        let out = std::fs::File::create(&log).expect("create restart.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+            .arg("node")
+            .arg("--config")
+            .arg(region_dir.join("node.toml"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .expect("start tickmesh node");
+        NodeProcess { child, log }
+    }
+
+    /// What the node has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `ws` until it closes: the last `reconnect` message seen before, and the close frame.
+pub async fn reconnect_then_close(ws: &mut Ws, limit: Duration) -> (Option<Value>, Option<Option<u16>>) {
+    let mut reconnect = None;
+    while let Some(m) = next_msg(ws, limit).await {
+        match m {
+            Msg::Json(j) if j["type"] == "reconnect" => reconnect = Some(j),
+            Msg::Close(c) => return (reconnect, Some(c)),
+            _ => {}
+        }
+    }
+    (reconnect, None)
+}
+
+/// ts_ingest of record `seq` of source number `k` in [`fill_journal`]: rising, interleaved
+/// across sources.
+pub fn fill_ts(k: usize, seq: u64) -> u64 {
+    1_700_000_000_000_000_000 + seq * 1_000_000 + k as u64 * 1_000
+}
+
+/// Appends trades `from..=to` of every source in `sources` to the journal in
+/// `state/journal` (8 KiB segments), with [`fill_ts`] times, and syncs it.
+pub fn fill_journal(state: &std::path::Path, sources: &[&str], from: u64, to: u64) {
+    use tickmesh_codec::{testing, Seq, Side, SourceId};
+    let cfg = tickmesh_journal::JournalConfig { segment_bytes: 8_192, ..Default::default() };
+    let (j, _) = tickmesh_journal::Journal::open(&state.join("journal"), cfg).expect("open the journal");
+    for seq in from..=to {
+        for (k, s) in sources.iter().enumerate() {
+            let side = if seq % 2 == 0 { Side::Buy } else { Side::Sell };
+            let mut r = testing::trade(seq, "AAPL", "320.14", "100", side);
+            r.header.src = SourceId::new(s).expect("source id");
+            r.header.seq = Seq(seq);
+            r.header.ts_ingest = fill_ts(k, seq);
+            j.append(&r.to_bytes()).expect("append");
+        }
+    }
+    j.sync().expect("sync");
+}
