@@ -283,25 +283,7 @@ impl<'de> Deserialize<'de> for AuditEntry {
         if v.get("kind").is_some_and(|k| k != "transfer") {
             let l: EventLine<'static> = serde_json::from_value(v).map_err(D::Error::custom)?;
             let ev = l.event.into_owned();
-            Ok(AuditEntry {
-                index: l.index,
-                time_ns: l.time_ns,
-                kind: l.kind,
-                src: String::new(),
-                first_seq: 0,
-                last_seq: 0,
-                count: 0,
-                bytes: ev.bytes,
-                from: ev.from.clone(),
-                to: ev.to.clone(),
-                class: ev.class,
-                dir: ev.dir,
-                decision: ev.decision.clone(),
-                reason: ev.reason.clone(),
-                event: Some(ev),
-                prev_hash: l.prev_hash.into_owned(),
-                hash: l.hash.into_owned(),
-            })
+            Ok(AuditEntry::event_entry(l.index, l.time_ns, l.kind, ev, l.prev_hash.into_owned(), l.hash.into_owned()))
         } else {
             if v.get("kind").is_some() {
                 return Err(D::Error::custom(
@@ -387,7 +369,22 @@ impl AuditEntry {
 
     /// Builds entry `index` of `kind` (not [`EntryKind::Transfer`]) for a user-data event.
     pub fn new_event(index: u64, time_ns: u64, kind: EntryKind, ev: &UserDataRecord, prev_hash: &str) -> AuditEntry {
-        let mut e = AuditEntry {
+        let mut e = Self::event_entry(index, time_ns, kind, ev.clone(), prev_hash.to_owned(), String::new());
+        e.hash = e.compute_hash();
+        e
+    }
+
+    /// An entry of a user-data event; the transfer columns repeat the event's, so a reader
+    /// of the common columns sees every cross-region movement alike.
+    fn event_entry(
+        index: u64,
+        time_ns: u64,
+        kind: EntryKind,
+        ev: UserDataRecord,
+        prev_hash: String,
+        hash: String,
+    ) -> AuditEntry {
+        AuditEntry {
             index,
             time_ns,
             kind,
@@ -402,12 +399,10 @@ impl AuditEntry {
             dir: ev.dir,
             decision: ev.decision.clone(),
             reason: ev.reason.clone(),
-            event: Some(ev.clone()),
-            prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
-        };
-        e.hash = e.compute_hash();
-        e
+            event: Some(ev),
+            prev_hash,
+            hash,
+        }
     }
 
     /// The bytes the hash covers: the line's compact JSON without `hash`.
