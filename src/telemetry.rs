@@ -145,6 +145,9 @@ pub fn init(region: Option<&str>, cfg: &TelemetryConfig) -> anyhow::Result<Telem
     let otel = match (region, cfg.endpoint()) {
         (Some(region), Some(endpoint)) => {
             let url = traces_url(&endpoint);
+            // The exporter's HTTP client is reqwest, whose rustls takes the process-wide
+            // provider (the tree builds ring only); an error means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
