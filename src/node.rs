@@ -165,7 +165,13 @@ impl Node {
             route: crate::route_http::RouteService::new(&cfg, shared.clone()),
             policy: policy.clone(),
             audit: Some(audit.clone()),
-            home_held: Default::default(),
+            // A restored region is not ready from the first probe: the home-gate thread
+            // says why once it runs (and clears it when the peers have reported).
+            home_held: Arc::new(std::sync::Mutex::new(
+                (cfg.mesh.is_some() && cfg.state_dir.join(crate::dr::RESTORED_MARKER).exists()).then(|| {
+                    "the journal was restored from a backup; checking the home sources with the peers".to_owned()
+                }),
+            )),
         });
         view.route.spawn_poller().context("starting the route-health thread")?;
         let stats = crate::stats::Stats::new(&cfg, shared.clone(), journal.clone());
@@ -375,6 +381,8 @@ impl Node {
                 );
             }
             _ => {
+                // No home feeds to hold (or no mesh to ask): nothing to wait for.
+                *view.home_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 for start in starters {
                     ingest.push(start().context("starting an ingest thread")?);
                 }
