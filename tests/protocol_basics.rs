@@ -113,13 +113,22 @@ async fn bad_tokens_get_401_before_the_upgrade_and_http_endpoints_answer() {
     assert_eq!(code, 404);
     assert!(body.contains("\"code\":\"not_found\""));
 
-    // One worker thread per gateway core, named gw-core-N.
+    // One worker thread per gateway core, named gw-core-N. The feeds' threads start once
+    // the peers have reported the home sources' positions (the home gate, at most ~3 s).
     let task_dir = format!("/proc/{}/task", r.pid);
-    let names: Vec<String> = std::fs::read_dir(task_dir)
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim().to_owned())
-        .collect();
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(&task_dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|s| s.trim().to_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut names = threads();
+    while !names.iter().any(|n| n.starts_with("ingest-")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        names = threads();
+    }
     assert!(names.iter().any(|n| n == "gw-core-0"), "threads: {names:?}");
     assert!(names.iter().any(|n| n == "hub"), "threads: {names:?}");
     assert!(names.iter().any(|n| n.starts_with("ingest-")), "threads: {names:?}");
