@@ -13,8 +13,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::fill_ts as ts;
-use tickmesh_codec::SourceId;
-use tickmesh_journal::{Journal, JournalConfig};
 
 const SOURCES: [&str; 2] = ["SYN.USE1", "XNAS.ITCH"];
 
@@ -93,15 +91,7 @@ fn fill(state: &Path, from: u64, to: u64) {
 }
 
 fn records(dir: &Path, src: &str) -> Vec<Vec<u8>> {
-    let (j, _) = Journal::open(&dir.join("journal"), JournalConfig::default()).unwrap();
-    let id = SourceId::new(src).unwrap();
-    let Some(first) = j.first_seq(&id) else { return Vec::new() };
-    let mut r = j.reader(&id, first).unwrap();
-    let mut out = Vec::new();
-    while let Some(b) = r.next_owned().unwrap() {
-        out.push(b);
-    }
-    out
+    support::journal_records(dir, src)
 }
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {

@@ -63,15 +63,7 @@ fn segments(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// Every record of `src` in the journal at `dir`, as bytes.
 fn records(dir: &Path, src: &str) -> Vec<Vec<u8>> {
-    let (j, _) = Journal::open(&dir.join("journal"), JournalConfig::default()).unwrap();
-    let id = SourceId::new(src).unwrap();
-    let Some(first) = j.first_seq(&id) else { return Vec::new() };
-    let mut r = j.reader(&id, first).unwrap();
-    let mut out = Vec::new();
-    while let Some(b) = r.next_owned().unwrap() {
-        out.push(b);
-    }
-    out
+    support::journal_records(dir, src)
 }
 
 fn tickmesh(args: &[&str]) -> (i32, String, String) {

@@ -232,11 +232,7 @@ impl ResidencyPolicy {
                 "source {src} is class {c} and residency.{c}.deny of the {side} lists {to}; it may not move from {from} to {to}"
             ));
         }
-        let allowed = match (&rule.allow, class) {
-            (Some(list), _) => list.iter().any(|r| r == to),
-            (None, DataClass::MarketData) => true,
-            (None, _) => false,
-        };
+        let allowed = allow_listed(rule, class, to);
         if allowed {
             Decision::Allow
         } else {
@@ -244,6 +240,16 @@ impl ResidencyPolicy {
                 "source {src} is class {c}, which stays in its home region unless residency.{c}.allow of the {side} lists the destination; {to} is not listed, so it may not move from {from} to {to}"
             ))
         }
+    }
+}
+
+/// Whether `rule` lets `class` go to `to`: its `allow` list when set, else market data
+/// everywhere and every other class nowhere.
+fn allow_listed(rule: &ClassRule, class: DataClass, to: &str) -> bool {
+    match (&rule.allow, class) {
+        (Some(list), _) => list.iter().any(|r| r == to),
+        (None, DataClass::MarketData) => true,
+        (None, _) => false,
     }
 }
 
@@ -271,12 +277,7 @@ impl TransferPolicy for ResidencyPolicy {
                 "user data of class {c} (home {home}) may not move to {to}: residency.{c}.deny of the {side} lists it"
             ));
         }
-        let allowed = to == home
-            || match (&rule.allow, class) {
-                (Some(list), _) => list.iter().any(|r| r == to),
-                (None, DataClass::MarketData) => true,
-                (None, _) => false,
-            };
+        let allowed = to == home || allow_listed(rule, class, to);
         if allowed {
             Decision::Allow
         } else {

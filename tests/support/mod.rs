@@ -317,3 +317,16 @@ pub fn fill_journal(state: &std::path::Path, sources: &[&str], from: u64, to: u6
     }
     j.sync().expect("sync");
 }
+
+/// Every record of `src` in the journal under `state/journal`, as bytes, oldest first.
+pub fn journal_records(state: &std::path::Path, src: &str) -> Vec<Vec<u8>> {
+    let (j, _) = tickmesh_journal::Journal::open(&state.join("journal"), Default::default()).expect("open the journal");
+    let id = tickmesh_codec::SourceId::new(src).expect("source id");
+    let Some(first) = j.first_seq(&id) else { return Vec::new() };
+    let mut r = j.reader(&id, first).expect("journal reader");
+    let mut out = Vec::new();
+    while let Some(b) = r.next_owned().expect("read the journal") {
+        out.push(b);
+    }
+    out
+}
