@@ -7,58 +7,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::Demo;
 use tickmesh_journal::{FsyncPolicy, Journal, JournalConfig};
 
 const REGION: &str = "us-east-1";
-
-/// `tickmesh node` started directly on a demo's state directory; SIGTERM then SIGKILL on drop.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(state: &Path) -> Node {
-        let dir = state.join(REGION);
-        let log = dir.join("restart.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
-            .arg("node")
-            .arg("--config")
-            .arg(dir.join("node.toml"))
-            .env("TICKMESH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start tickmesh node");
-        Node { child, log }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: a plain syscall on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// GET over plain HTTP/1.1: status and body.
 fn http_get(http_url: &str, path: &str) -> Option<(u16, String)> {
@@ -158,7 +112,7 @@ fn damaged_journal_segment_at_start_up() {
     assert!(keep > 0);
 
     // Restart: the node comes up ready, says what it cut, and continues after the cut.
-    let node = Node::start(state);
+    let node = support::NodeProcess::start(&state.join(REGION));
     let url = {
         let cfg: toml::Value =
             toml::from_str(&std::fs::read_to_string(state.join(REGION).join("node.toml")).unwrap()).unwrap();

@@ -267,6 +267,19 @@ impl NodeProcess {
         NodeProcess { child, log }
     }
 
+    /// Stops the node as an operator would (SIGTERM), SIGKILL after 15 s.
+    pub fn stop(mut self) {
+        // SAFETY: a plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What the node has logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
