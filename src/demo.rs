@@ -289,24 +289,14 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .collect();
     // With `--wan real`, every (dialer, peer) pair talks through a relay that holds each
     // datagram for half the pair's measured round-trip time.
-    let wan_rt = if opts.wan == "real" {
-        Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("wan-relay")
-                .enable_all()
-                .build()?,
-        )
-    } else {
-        None
-    };
     let mut relays = std::collections::BTreeMap::new();
-    if let Some(rt) = &wan_rt {
+    if opts.wan == "real" {
         for a in &regions {
             for b in regions.iter().filter(|b| b.name != a.name) {
                 let rtt = crate::regions::rtt_ms(&a.name, &b.name).unwrap_or(100);
                 let model = tickmesh_replicate::wan::LinkModel::from_rtt_ms(rtt);
-                let relay = rt.block_on(tickmesh_replicate::wan::Relay::start(b.mesh, model, rtt.into()))?;
+                let relay = tickmesh_replicate::wan::Relay::start(b.mesh, model, rtt.into())
+                    .with_context(|| format!("starting the WAN relay {} -> {}", a.name, b.name))?;
                 relays.insert((a.name.clone(), b.name.clone()), relay);
             }
         }
@@ -343,6 +333,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 },
                 reconnect_ms: 100,
                 upstream: None,
+                io_thread: Default::default(),
             }),
             auth: AuthConfig { hs256_key_files: vec![key_file.clone()], eddsa_public_key_files: vec![] },
             feeds: vec![feed_for(i, &r.name, &opts)?],
@@ -377,7 +368,6 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the tickmesh binary")?;
     let result = start_and_wait(&exe, &mut regions, &opts, &secret_hex, &key_file, &stop);
     drop(relays);
-    drop(wan_rt);
     // Stop every region that is still running, whatever happened.
     for r in &mut regions {
         if let Some(c) = r.child.as_mut() {

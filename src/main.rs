@@ -189,6 +189,14 @@ enum BenchCmd {
         /// Records of the throughput runs.
         #[arg(long, default_value_t = 2_000_000)]
         records: u64,
+        /// Scheduler slice of both endpoints' `replicate-io` threads, µs (`mesh.io_thread.slice_us`;
+        /// 0: the kernel's default).
+        #[arg(long, default_value_t = tickmesh_replicate::sched::DEFAULT_SLICE_US)]
+        io_slice_us: u32,
+        /// SCHED_FIFO priority of both `replicate-io` threads (`mesh.io_thread.realtime_priority`;
+        /// needs CAP_SYS_NICE).
+        #[arg(long)]
+        realtime_priority: Option<u8>,
     },
     /// Decode rates next to third-party decoders (itchcpp, the dbn crate) and journal appends.
     Ingest {
@@ -397,12 +405,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Tap { region, mesh, pki, src, from, format, count } => {
             tickmesh::cmd::tap::run(tickmesh::cmd::tap::TapOptions { region, mesh, pki, src, from, format, count })
         }
-        Cmd::Bench { cmd: BenchCmd::Mesh { rate, seconds, rtt_ms, records } } => {
+        Cmd::Bench { cmd: BenchCmd::Mesh { rate, seconds, rtt_ms, records, io_slice_us, realtime_priority } } => {
             tickmesh::cmd::bench_mesh::run(tickmesh::cmd::bench_mesh::MeshBenchOptions {
                 rate,
                 seconds,
                 rtt_ms,
                 records,
+                io_thread: tickmesh_replicate::ThreadSched { slice_us: io_slice_us, realtime_priority },
             })
         }
         Cmd::Bench { cmd: BenchCmd::Ingest { data, seconds } } => {

@@ -1055,6 +1055,7 @@ async fn add_peer(State(v): State<Arc<NodeView>>, req: axum::extract::Request) -
         tls: tickmesh_replicate::tls::TlsFiles { ca_cert: "-".into(), cert: "-".into(), key: "-".into() },
         reconnect_ms: 100,
         upstream: None,
+        io_thread: Default::default(),
     };
     mcfg.validate(&v.cfg.region, &mut problems);
     if p.region.is_empty() || !p.region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {

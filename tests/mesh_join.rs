@@ -134,6 +134,7 @@ fn a_fourth_region_joins_by_admin_call_and_backfills() {
         tls: issue(&state, new, &dir.join("pki")),
         reconnect_ms: 100,
         upstream: None,
+        io_thread: Default::default(),
     });
     let code = tickmesh::regions::short_code(new);
     if let FeedConfig::Synthetic(s) = &mut cfg.feeds[0] {
@@ -287,6 +288,7 @@ async fn gateway_nodes_serve_the_same_records_as_their_region() {
             tls: issue(&state, region, &dir.join("pki")),
             reconnect_ms: 100,
             upstream: Some(upstream.clone()),
+            io_thread: Default::default(),
         });
         gws.push(start_node(&cfg));
         urls.push(http);

@@ -39,6 +39,10 @@ pub enum Error {
     #[error(transparent)]
     Codec(#[from] tickmesh_codec::Error),
     /// The record store failed.
+    /// A setting the machine cannot honour (the message names it and what to do).
+    #[error("{0}")]
+    Config(String),
+
     #[error("record store: {0}")]
     Store(String),
     /// I/O.

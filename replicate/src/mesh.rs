@@ -61,6 +61,10 @@ pub struct MeshConfig {
     /// the one upstream it takes every source from. Default none.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Scheduling of the `replicate-io` thread (`[mesh.io_thread]`, see [`crate::sched`]).
+    /// Default: a 100 µs slice, no real-time priority.
+    #[serde(default)]
+    pub io_thread: crate::sched::ThreadSched,
 }
 
 fn default_listen() -> SocketAddr {
@@ -103,6 +107,7 @@ impl MeshConfig {
                 self.reconnect_ms
             ));
         }
+        self.io_thread.validate("mesh.io_thread", problems);
     }
 }
 
@@ -350,6 +355,7 @@ impl Mesh {
         });
         let ch = users.clone();
         let span = tracing::info_span!("mesh", region = %p.region, role = ?p.role);
+        let sched = p.cfg.io_thread;
         let thread = std::thread::Builder::new()
             .name("replicate-io".into())
             .spawn(move || {
@@ -358,6 +364,10 @@ impl Mesh {
                 // `block_on`: entering the span for the thread's life puts each of their
                 // log lines under `mesh{region=..}`.
                 let _root = span.entered();
+                if let Err(e) = sched.apply_to_current("mesh.io_thread") {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {

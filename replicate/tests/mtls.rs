@@ -44,6 +44,7 @@ fn start(
             tls: TlsFiles { ca_cert: "unused".into(), cert: "unused".into(), key: "unused".into() },
             reconnect_ms: 50,
             upstream: None,
+            io_thread: Default::default(),
         },
         role: tickmesh_replicate::Role::All,
         policy: Arc::new(tickmesh_replicate::AllowAll),

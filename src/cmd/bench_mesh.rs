@@ -31,6 +31,8 @@ pub struct MeshBenchOptions {
     pub rtt_ms: u32,
     /// Records of the throughput runs.
     pub records: u64,
+    /// Scheduling of both endpoints' `replicate-io` threads.
+    pub io_thread: tickmesh_replicate::ThreadSched,
 }
 
 fn record(src: SourceId, seq: u64, now: u64) -> Vec<u8> {
@@ -51,16 +53,20 @@ struct Pair {
     _a: Mesh,
     _b: Mesh,
     appended: tokio::sync::watch::Sender<u64>,
-    _relay: Option<(tokio::runtime::Runtime, tickmesh_replicate::wan::Relay)>,
+    _relay: Option<tickmesh_replicate::wan::Relay>,
 }
 
 /// Starts `a` (serving `store`) and `b` (subscribing); `sink` sees every batch `b` gets.
 fn pair(
     store: Arc<MemoryStore>,
     src: SourceId,
-    rtt_ms: u32,
+    opts: &MeshBenchOptions,
     sink: tickmesh_replicate::Inbound,
 ) -> anyhow::Result<Pair> {
+    let rtt_ms = opts.rtt_ms;
+    let mut problems = Vec::new();
+    opts.io_thread.validate_named("--io-slice-us", "--realtime-priority", &mut problems);
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
     let ca = tls::generate_ca("bench CA")?;
     let creds =
         |r: &str| -> anyhow::Result<Credentials> { Ok(Credentials::from_pem(&ca.cert, &tls::issue(&ca, r, 1)?)?) };
@@ -69,10 +75,7 @@ fn pair(
         || -> anyhow::Result<std::net::SocketAddr> { Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?) };
     let (a_addr, b_addr) = (free()?, free()?);
     let relay = if rtt_ms > 0 {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let model = tickmesh_replicate::wan::LinkModel::from_rtt_ms(rtt_ms);
-        let r = rt.block_on(tickmesh_replicate::wan::Relay::start(a_addr, model, 1))?;
-        Some((rt, r))
+        Some(tickmesh_replicate::wan::Relay::start(a_addr, tickmesh_replicate::wan::LinkModel::from_rtt_ms(rtt_ms), 1)?)
     } else {
         None
     };
@@ -83,6 +86,7 @@ fn pair(
         tls: files.clone(),
         reconnect_ms: 50,
         upstream: None,
+        io_thread: opts.io_thread,
     };
     let params = |region: &str,
                   cfg: MeshConfig,
@@ -105,7 +109,7 @@ fn pair(
     };
     let a =
         Mesh::start(params("a", cfg(a_addr, "b", b_addr.to_string()), Arc::new(store), vec![src], Arc::new(|_| {}))?)?;
-    let to_a = relay.as_ref().map(|(_, r)| r.addr()).unwrap_or(a_addr).to_string();
+    let to_a = relay.as_ref().map(|r| r.addr()).unwrap_or(a_addr).to_string();
     let b_store: Arc<dyn RecordStore> = Arc::new(Arc::new(MemoryStore::default()));
     let b = Mesh::start(params("b", cfg(b_addr, "a", to_a), b_store, vec![], sink)?)?;
     Ok(Pair { _a: a, _b: b, appended: tx, _relay: relay })
@@ -120,6 +124,21 @@ fn count_frames(b: &[u8], mut each: impl FnMut(&[u8])) -> u64 {
         rest = tail;
     }
     n
+}
+
+/// All CPUs' time so far, and the part of it the hypervisor gave to other guests
+/// (`/proc/stat` "steal"), in clock ticks; None off Linux.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    Some((v.iter().take(8).sum(), *v.get(7)?))
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// A quantile of a histogram of microseconds.
@@ -144,7 +163,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     let p = pair(
         store.clone(),
         src,
-        opts.rtt_ms,
+        &opts,
         Arc::new(move |d: Delivery| {
             let now = tickmesh_codec::now_ns();
             let mut h = h2.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,6 +191,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     }
     hist.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|h| h.reset());
     let total = u64::from(opts.rate) * opts.seconds;
+    let ticks_before = cpu_ticks();
     let start = Instant::now();
     let mut seq = 1;
     let mut pacer = tickmesh_ingest::Pacer::new(opts.rate, tickmesh_codec::now_ns());
@@ -193,6 +213,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let sent_for = start.elapsed();
+    let (load, ticks_after) = (load_average(), cpu_ticks());
     drop(p);
     let [h, h_batch, h_wire, h_handed] = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
@@ -212,7 +233,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     let p = pair(
         store,
         src,
-        opts.rtt_ms,
+        &opts,
         Arc::new(move |d: Delivery| {
             let k = count_frames(&d.frames, |_| {});
             let n = g2.fetch_add(k, Ordering::Relaxed) + k;
@@ -283,6 +304,20 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         sent_for.as_secs_f64(),
         opts.rtt_ms,
         opts.rtt_ms / 2
+    );
+    // Tail latency on a shared machine follows its noise: say how much there was.
+    let steal = match (ticks_before, ticks_after) {
+        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => format!("{:.1} %", (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64),
+        _ => "unknown".into(),
+    };
+    println!(
+        "  machine during the run: load average {}, CPU time stolen by the hypervisor {steal}; replicate-io threads: {}",
+        load.map(|l| format!("{l:.2}")).unwrap_or_else(|| "unknown".into()),
+        match (opts.io_thread.realtime_priority, opts.io_thread.slice_us) {
+            (Some(p), _) => format!("SCHED_FIFO {p}"),
+            (None, 0) => "kernel default slice".into(),
+            (None, us) => format!("{us} µs slice"),
+        }
     );
     println!(
         "  added latency us: p50 {}  p99 {}  p99.9 {}  max {}",

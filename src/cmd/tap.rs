@@ -124,6 +124,7 @@ pub fn run(opts: TapOptions) -> anyhow::Result<()> {
             tls: files,
             reconnect_ms: 100,
             upstream: None,
+            io_thread: Default::default(),
         },
         creds,
         store: Arc::new(Start(src.map(|s| (s, opts.from.saturating_sub(1))))),
