@@ -369,6 +369,23 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_io_thread_section_is_read_and_checked() {
+        let base = "region = \"us-east-1\"\nstate_dir = \"/x\"\n[auth]\nhs256_key_files = [\"k\"]\n[mesh.tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let default: NodeConfig = toml::from_str(base).unwrap();
+        let io = default.mesh.as_ref().unwrap().io_thread;
+        assert_eq!((io.slice_us, io.realtime_priority), (100, None), "a 100 µs slice unless told otherwise");
+        let rt: NodeConfig =
+            toml::from_str(&format!("{base}[mesh.io_thread]\nslice_us = 0\nrealtime_priority = 20\n")).unwrap();
+        assert_eq!(rt.mesh.as_ref().unwrap().io_thread.realtime_priority, Some(20));
+        assert!(rt.problems().is_empty(), "{:?}", rt.problems());
+        let bad: NodeConfig = toml::from_str(&format!("{base}[mesh.io_thread]\nslice_us = 20\n")).unwrap();
+        let p = bad.problems();
+        assert!(p.iter().any(|m| m.starts_with("mesh.io_thread.slice_us = 20 is out of range")), "{p:?}");
+        let e = toml::from_str::<NodeConfig>(&format!("{base}[mesh.io_thread]\npriority = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("priority"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = toml::from_str::<NodeConfig>("region = \"a\"\nstate_dir = \"/x\"\ntypo = 1\n").unwrap_err();
         assert!(e.to_string().contains("typo"), "{e}");

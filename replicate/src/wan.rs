@@ -64,6 +64,7 @@ pub struct Relay {
     loss_ppm: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    late: Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
 }
 
 impl Relay {
@@ -84,9 +85,13 @@ impl Relay {
         let cut = Arc::new(AtomicBool::new(false));
         let loss_ppm = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(std::sync::Mutex::new(
+            hdrhistogram::Histogram::new(2).map_err(|e| std::io::Error::other(e.to_string()))?,
+        ));
         // The dialer's address, learned from its first datagram (one dialer per relay).
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
-        let shared = Shared { model, cut: cut.clone(), loss_ppm: loss_ppm.clone(), stop: stop.clone() };
+        let shared =
+            Shared { model, cut: cut.clone(), loss_ppm: loss_ppm.clone(), stop: stop.clone(), late: late.clone() };
         let learn = client.clone();
         let out = Direction {
             rx: front.clone(),
@@ -109,7 +114,7 @@ impl Relay {
         for (name, d) in [("wan-relay-out", out), ("wan-relay-back", back_dir)] {
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || d.run())?);
         }
-        Ok(Relay { addr, cut, loss_ppm, stop, threads })
+        Ok(Relay { addr, cut, loss_ppm, stop, threads, late })
     }
 
     /// Where the dialer should send.
@@ -120,6 +125,16 @@ impl Relay {
     /// Cuts (true) or heals (false) the link, both directions.
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::Relaxed);
+    }
+
+    /// How late the relay forwarded datagrams after their due time, µs, both ways since it
+    /// started (or since the last call, which resets it): the emulator's own error, which
+    /// a benchmark would otherwise count as latency of what it measures.
+    pub fn take_lateness(&self) -> hdrhistogram::Histogram<u64> {
+        let mut h = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        let out = h.clone();
+        h.reset();
+        out
     }
 
     /// Drops this share (0.0 to 1.0) of the datagrams both ways from now on, on top of the
@@ -157,6 +172,7 @@ struct Shared {
     cut: Arc<AtomicBool>,
     loss_ppm: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
+    late: Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
 }
 
 /// Datagrams held by the relay until `at`: one buffer of equal-size datagrams (the last
@@ -182,9 +198,12 @@ impl Direction {
     /// Forwards until the relay is dropped.
     ///
     /// One thread does both halves, so a datagram crosses no thread hand-off: it waits in
-    /// `ppoll` with a nanosecond timeout (the next datagram's due time) and precise timers.
-    /// tokio's timer (1 ms resolution, deadlines rounded up) added 0.5-1 ms to every
-    /// datagram of the emulated link, which the mesh benchmark then counted as mesh latency.
+    /// `ppoll` with a nanosecond timeout (the next datagram's due time, aimed early by
+    /// [`Early`]) and precise timers. tokio's timer (1 ms resolution, deadlines rounded
+    /// up) added 0.5-1 ms to every datagram of the emulated link, and a plain sleep ~50 µs
+    /// at p50, all of which the mesh benchmark counted as mesh latency. Datagrams now
+    /// leave at their due time on average (at most 200 µs early), and
+    /// [`Relay::take_lateness`] reports what is left.
     fn run(mut self) {
         crate::sched::precise_timers();
         let _ = crate::sched::set_slice(u64::from(crate::sched::DEFAULT_SLICE_US) * 1000);
@@ -195,14 +214,15 @@ impl Direction {
         let mut bufs = vec![vec![0u8; GRO_BUF]; quinn_udp::BATCH_SIZE];
         let mut meta = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut last: Option<Instant> = None;
+        let mut early = Early::default();
         let s = self.shared.clone();
         while !s.stop.load(Ordering::Relaxed) {
-            let blocked = self.send_due(&mut queue, &mut spare);
+            let blocked = self.send_due(&mut queue, &mut spare, &mut early);
             let now = Instant::now();
             let wait = match queue.front() {
                 // A full send buffer: retry shortly rather than drop what the link carried.
                 Some(_) if blocked => Duration::from_micros(50),
-                Some(h) => h.at.saturating_duration_since(now).min(IDLE_WAIT),
+                Some(h) => h.at.saturating_duration_since(now + early.by()).min(IDLE_WAIT),
                 None => IDLE_WAIT,
             };
             if !wait.is_zero() && !readable(&self.rx.sock, wait) {
@@ -246,10 +266,15 @@ impl Direction {
     }
 
     /// Sends every held buffer that is due; true when the socket's send buffer is full.
-    fn send_due(&self, queue: &mut std::collections::VecDeque<Held>, spare: &mut Vec<Vec<u8>>) -> bool {
+    fn send_due(
+        &self,
+        queue: &mut std::collections::VecDeque<Held>,
+        spare: &mut Vec<Vec<u8>>,
+        early: &mut Early,
+    ) -> bool {
         let now = Instant::now();
         while let Some(h) = queue.front() {
-            if h.at > now {
+            if h.at > now + early.by() {
                 return false;
             }
             if !self.shared.cut.load(Ordering::Relaxed) {
@@ -278,10 +303,37 @@ impl Direction {
                 }
             }
             if let Some(h) = queue.pop_front() {
+                early.sent(now, h.at);
+                let late = now.saturating_duration_since(h.at).as_micros() as u64;
+                let _ = self.shared.late.lock().unwrap_or_else(|e| e.into_inner()).record(late);
                 spare.push(h.data);
             }
         }
         false
+    }
+}
+
+/// How early a relay thread aims its wake-ups, so that datagrams leave at their due time
+/// on average: a sleeping thread wakes tens of µs after its timer (more on a busy or
+/// virtual machine), and that lateness would add to every datagram's emulated delay. It
+/// follows the measured error of each send (late: aim earlier; early: aim later),
+/// bounded to [0, 200 µs].
+#[derive(Debug, Default)]
+struct Early {
+    ns: i64,
+}
+
+impl Early {
+    const MAX_NS: i64 = 200_000;
+
+    fn by(&self) -> Duration {
+        Duration::from_nanos(self.ns as u64)
+    }
+
+    /// A datagram due at `due` left at `now`.
+    fn sent(&mut self, now: Instant, due: Instant) {
+        let err = if now >= due { (now - due).as_nanos() as i64 } else { -((due - now).as_nanos() as i64) };
+        self.ns = (self.ns + err.clamp(-Self::MAX_NS, Self::MAX_NS) / 16).clamp(0, Self::MAX_NS);
     }
 }
 
@@ -310,6 +362,27 @@ mod tests {
         let late = t0 + Duration::from_millis(60);
         assert_eq!(m.schedule(t0, Some(late), 0.5, 0.0), Some(late), "never overtakes an earlier datagram");
         assert_eq!(LinkModel::from_rtt_ms(70).one_way, Duration::from_millis(35));
+    }
+
+    #[test]
+    fn wake_ups_aim_early_by_the_measured_lateness_and_no_more() {
+        let mut e = Early::default();
+        let t0 = Instant::now();
+        for _ in 0..200 {
+            // Always woken 60 µs after the aim: the aim moves ~60 µs ahead of due.
+            let aim = t0 - e.by();
+            e.sent(aim + Duration::from_micros(60), t0);
+        }
+        let by = e.by().as_micros();
+        assert!((50..=70).contains(&by), "converges on the lateness: {by} µs");
+        for _ in 0..200 {
+            e.sent(t0 + Duration::from_millis(5), t0);
+        }
+        assert_eq!(e.by(), Duration::from_micros(200), "bounded, however late the wake-ups");
+        for _ in 0..200 {
+            e.sent(t0, t0 + Duration::from_millis(5));
+        }
+        assert_eq!(e.by(), Duration::ZERO, "never aims later than due");
     }
 
     #[tokio::test]

@@ -190,6 +190,9 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     hist.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(|h| h.reset());
+    if let Some(r) = &p._relay {
+        r.take_lateness();
+    }
     let total = u64::from(opts.rate) * opts.seconds;
     let ticks_before = cpu_ticks();
     let start = Instant::now();
@@ -214,6 +217,7 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     }
     let sent_for = start.elapsed();
     let (load, ticks_after) = (load_average(), cpu_ticks());
+    let relay_late = p._relay.as_ref().map(|r| r.take_lateness());
     drop(p);
     let [h, h_batch, h_wire, h_handed] = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
@@ -330,6 +334,15 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
         [("append to batch sent", &h_batch), ("batch sent to received", &h_wire), ("received to handed", &h_handed)]
     {
         println!("    {name:<24} p50 {}  p99 {}  p99.9 {}  max {}", pct(h, 0.50), pct(h, 0.99), pct(h, 0.999), h.max());
+    }
+    if let Some(h) = &relay_late {
+        println!(
+            "    (WAN emulator's own lateness, in the above: p50 {}  p99 {}  p99.9 {}  max {})",
+            pct(h, 0.50),
+            pct(h, 0.99),
+            pct(h, 0.999),
+            h.max()
+        );
     }
     println!(
         "throughput: {} records ({} MB)\n  mesh (catch-up, validated): {:.2} M rec/s\n  plain TCP (validated):      {:.2} M rec/s",
