@@ -211,7 +211,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // The receiver acknowledges every 10th packet (or after 5 ms) instead of every
     // 2nd: a link at 100k records/s sends ~4,000 packets/s, and each acknowledgement costs
     // both ends a wake-up and syscalls. On a 2-vCPU machine this cut a bare quinn stream's
-    // CPU by a quarter, and `tickmesh bench mesh`'s p50 added latency through a 70 ms link
+    // CPU by a sixth, and `tickmesh bench mesh`'s p50 added latency through a 70 ms link
     // from ~260 to ~215 µs. Peers without the ack-frequency extension ignore the request.
     let mut acks = quinn::AckFrequencyConfig::default();
     acks.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_EVERY_PACKETS));

@@ -319,19 +319,20 @@ impl Direction {
 /// follows the measured error of each send (late: aim earlier; early: aim later),
 /// bounded to [0, 200 µs].
 #[derive(Debug, Default)]
-struct Early {
+pub struct Early {
     ns: i64,
 }
 
 impl Early {
     const MAX_NS: i64 = 200_000;
 
-    fn by(&self) -> Duration {
+    /// How long before a due time to wake.
+    pub fn by(&self) -> Duration {
         Duration::from_nanos(self.ns as u64)
     }
 
-    /// A datagram due at `due` left at `now`.
-    fn sent(&mut self, now: Instant, due: Instant) {
+    /// What was due at `due` left at `now`.
+    pub fn sent(&mut self, now: Instant, due: Instant) {
         let err = if now >= due { (now - due).as_nanos() as i64 } else { -((due - now).as_nanos() as i64) };
         self.ns = (self.ns + err.clamp(-Self::MAX_NS, Self::MAX_NS) / 16).clamp(0, Self::MAX_NS);
     }

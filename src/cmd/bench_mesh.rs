@@ -8,8 +8,14 @@
 //!   emulated link delay (p50, p99, p99.9).
 //! * **throughput**: `a` holds `--records` records before `b` subscribes; records per
 //!   second from `b`'s subscription to the last record (catch-up is the same path as live).
-//! * **TCP**: the same framed records over one loopback TCP connection, written in 64 KiB
-//!   batches, read and validated (`access_untrusted`) on the other side.
+//!   Also printed: the machine's load and hypervisor steal during the run (tails follow
+//!   them), and how late the WAN relay itself forwarded (its error, inside the figure).
+//! * **TCP latency**: the same records at the same rate and pacing over one TCP connection,
+//!   through a user-space proxy holding each chunk for the one-way delay: the floor this
+//!   machine puts under any transport (written from the producing thread, so one thread
+//!   hand-off fewer than the mesh).
+//! * **TCP throughput**: the same framed records over one loopback TCP connection, written
+//!   in 64 KiB batches, read and validated (`access_untrusted`) on the other side.
 
 use anyhow::Context;
 use std::io::{Read, Write};
@@ -141,6 +147,102 @@ fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// Added latency of plain TCP carrying the same records at the same rate and pacing, over
+/// the same one-way delay (a user-space proxy that holds each chunk `one_way_ns`): the
+/// floor this machine puts under any transport. Every thread on the path gets the same
+/// scheduling as the mesh's `replicate-io`.
+fn tcp_latency(opts: &MeshBenchOptions, one_way_ns: u64) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let sched = opts.io_thread;
+    let prep = move || {
+        let _ = sched.apply_to_current("bench");
+        tickmesh_replicate::sched::precise_timers();
+    };
+    let src = SourceId::new("BENCH.TCP")?;
+    let total = u64::from(opts.rate) * opts.seconds;
+    let sink = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let sink_addr = sink.local_addr()?;
+    let reader = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        prep();
+        let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+        let (mut s, _) = sink.accept()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut n = 0u64;
+        while n < total {
+            let k = s.read(&mut buf)?;
+            anyhow::ensure!(k > 0, "tcp closed early");
+            let now = tickmesh_codec::now_ns();
+            pending.extend_from_slice(&buf[..k]);
+            let mut rest: &[u8] = &pending;
+            while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
+                let r = tickmesh_codec::access_untrusted(rec)?;
+                let _ = h.record(now.saturating_sub(r.ts_ingest()).saturating_sub(one_way_ns) / 1000);
+                n += 1;
+                rest = tail;
+            }
+            let used = pending.len() - rest.len();
+            pending.drain(..used);
+        }
+        Ok(h)
+    });
+    // With a delay: sender -> proxy (holds each chunk one_way) -> reader.
+    let to = if one_way_ns > 0 {
+        let front = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = front.local_addr()?;
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let (mut inb, _) = front.accept()?;
+            let mut out = std::net::TcpStream::connect(sink_addr)?;
+            out.set_nodelay(true)?;
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let fwd = std::thread::spawn(move || -> anyhow::Result<()> {
+                prep();
+                // Aimed like the WAN relay's sends, so both links are equally late.
+                let mut early = tickmesh_replicate::wan::Early::default();
+                while let Ok((at, chunk)) = rx.recv() {
+                    let now = Instant::now();
+                    if at > now + early.by() {
+                        std::thread::sleep(at - now - early.by());
+                    }
+                    early.sent(Instant::now(), at);
+                    out.write_all(&chunk)?;
+                }
+                Ok(())
+            });
+            prep();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = inb.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                let _ = tx.send((Instant::now() + Duration::from_nanos(one_way_ns), buf[..k].to_vec()));
+            }
+            drop(tx);
+            fwd.join().map_err(|_| anyhow::anyhow!("tcp proxy panicked"))?
+        });
+        addr
+    } else {
+        sink_addr
+    };
+    let mut s = std::net::TcpStream::connect(to)?;
+    s.set_nodelay(true)?;
+    let mut pacer = tickmesh_ingest::Pacer::new(opts.rate, tickmesh_codec::now_ns());
+    let (mut seq, mut out) = (0u64, Vec::with_capacity(64 * 1024));
+    while seq < total {
+        let due = pacer.due(tickmesh_codec::now_ns()).min(total - seq);
+        out.clear();
+        for _ in 0..due {
+            seq += 1;
+            frame::put_frame(&record(src, seq, tickmesh_codec::now_ns()), &mut out);
+        }
+        if !out.is_empty() {
+            s.write_all(&out)?;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    reader.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))?
+}
+
 /// A quantile of a histogram of microseconds.
 fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
@@ -220,6 +322,9 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     let relay_late = p._relay.as_ref().map(|r| r.take_lateness());
     drop(p);
     let [h, h_batch, h_wire, h_handed] = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // The same records, rate and delay over plain TCP.
+    let h_tcp = tcp_latency(&opts, one_way_ns)?;
 
     // Throughput: catch-up of a preloaded store.
     let store = Arc::new(MemoryStore::default());
@@ -344,6 +449,13 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
             h.max()
         );
     }
+    println!(
+        "  plain TCP, same records, rate and delay: added latency us: p50 {}  p99 {}  p99.9 {}  max {}",
+        pct(&h_tcp, 0.50),
+        pct(&h_tcp, 0.99),
+        pct(&h_tcp, 0.999),
+        h_tcp.max()
+    );
     println!(
         "throughput: {} records ({} MB)\n  mesh (catch-up, validated): {:.2} M rec/s\n  plain TCP (validated):      {:.2} M rec/s",
         opts.records,
