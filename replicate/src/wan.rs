@@ -32,19 +32,16 @@ impl LinkModel {
         LinkModel { one_way: Duration::from_micros(u64::from(rtt_ms) * 500), jitter: Duration::ZERO, loss: 0.0 }
     }
 
-    /// When a datagram that arrived at `now` leaves, or None if it is lost. `r1` and `r2`
-    /// are uniform random numbers in [0, 1) (the caller owns the generator, so runs replay).
-    /// Delivery never overtakes an earlier datagram of the same direction (`last`), as on a
-    /// real path without reordering.
-    pub fn schedule(&self, now: Instant, last: Option<Instant>, r1: f64, r2: f64) -> Option<Instant> {
-        if r1 < self.loss {
-            return None;
-        }
-        Some(self.due(now, last, r2))
+    /// Whether a datagram is lost; `r` is uniform in [0, 1) (the caller owns the
+    /// generator, so runs replay).
+    pub fn lost(&self, r: f64) -> bool {
+        r < self.loss
     }
 
     /// When a datagram (or a GSO batch of them, which arrived together) that arrived at
-    /// `now` and was not lost leaves; `r` is uniform in [0, 1) for the jitter.
+    /// `now` and was not lost leaves; `r` is uniform in [0, 1) for the jitter. Delivery
+    /// never overtakes an earlier datagram of the same direction (`last`), as on a real
+    /// path without reordering.
     pub fn due(&self, now: Instant, last: Option<Instant>, r: f64) -> Instant {
         let at = now + self.one_way + self.jitter.mul_f64(r);
         match last {
@@ -238,7 +235,8 @@ impl Direction {
                     }
                 };
                 let now = Instant::now();
-                let loss = s.model.loss.max(f64::from(s.loss_ppm.load(Ordering::Relaxed)) / 1e6);
+                let extra = f64::from(s.loss_ppm.load(Ordering::Relaxed)) / 1e6;
+                let model = LinkModel { loss: s.model.loss.max(extra), ..s.model };
                 for (m, buf) in meta.iter().zip(&bufs).take(n) {
                     if s.cut.load(Ordering::Relaxed) {
                         continue;
@@ -248,7 +246,7 @@ impl Direction {
                     let mut data = spare.pop().unwrap_or_default();
                     data.clear();
                     for seg in buf[..m.len].chunks(stride.max(1)) {
-                        if loss > 0.0 && rng.random::<f64>() < loss {
+                        if model.loss > 0.0 && model.lost(rng.random()) {
                             continue;
                         }
                         data.extend_from_slice(seg);
@@ -257,9 +255,13 @@ impl Direction {
                         spare.push(data);
                         continue;
                     }
-                    let at = s.model.due(now, last, rng.random());
+                    let at = model.due(now, last, rng.random());
                     last = Some(at);
                     queue.push_back(Held { at, to, ecn: m.ecn, stride, data });
+                }
+                // A steady inflow must not hold back what is due to leave.
+                if queue.front().is_some_and(|h| h.at <= Instant::now() + early.by()) {
+                    break;
                 }
             }
         }
@@ -357,11 +359,12 @@ mod tests {
     fn delay_loss_and_order() {
         let m = LinkModel { one_way: Duration::from_millis(35), jitter: Duration::from_millis(10), loss: 0.25 };
         let t0 = Instant::now();
-        assert_eq!(m.schedule(t0, None, 0.1, 0.0), None, "below the loss share: dropped");
-        assert_eq!(m.schedule(t0, None, 0.5, 0.0), Some(t0 + Duration::from_millis(35)));
-        assert_eq!(m.schedule(t0, None, 0.5, 0.5), Some(t0 + Duration::from_millis(40)));
+        assert!(m.lost(0.1), "below the loss share: dropped");
+        assert!(!m.lost(0.5));
+        assert_eq!(m.due(t0, None, 0.0), t0 + Duration::from_millis(35));
+        assert_eq!(m.due(t0, None, 0.5), t0 + Duration::from_millis(40));
         let late = t0 + Duration::from_millis(60);
-        assert_eq!(m.schedule(t0, Some(late), 0.5, 0.0), Some(late), "never overtakes an earlier datagram");
+        assert_eq!(m.due(t0, Some(late), 0.0), late, "never overtakes an earlier datagram");
         assert_eq!(LinkModel::from_rtt_ms(70).one_way, Duration::from_millis(35));
     }
 
