@@ -4,11 +4,11 @@
 //! # Why
 //! Linux (6.6 and later) schedules ordinary threads with EEVDF. A thread woken by a datagram
 //! does not preempt the thread on the CPU until that one's slice ends (0.75 ms scaled by
-//! the CPU count by default: 1.5 ms on 2 CPUs), so on a busy machine a batch can wait milliseconds for its own I/O thread. On
-//! the 2-vCPU machines this project is measured on, those waits set the mesh's p99: with
-//! the default slice, `tickmesh bench mesh` on loopback had p99 1.4 to 4.4 ms; with a
-//! 100 µs slice for `replicate-io`, 0.35 to 0.78 ms; with every thread real-time
-//! (`chrt -f`), 0.36 ms.
+//! the CPU count by default: 1.5 ms on 2 CPUs), so on a busy machine a batch can wait
+//! milliseconds for its own I/O thread. On the 2-vCPU machines this project is measured
+//! on, those waits set the mesh's p99: with the default slice, `tickmesh bench mesh` on
+//! loopback had p99 1.4 to 4.4 ms; with a 100 µs slice for `replicate-io`, 0.35 to
+//! 0.78 ms; with every thread real-time (`chrt -f`), 0.36 ms.
 //!
 //! * A **custom slice** (`slice_us`, Linux 6.12+) needs no privilege: a thread with a
 //!   shorter slice gets an earlier deadline and is allowed to preempt on wake-up. It only
