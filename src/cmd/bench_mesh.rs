@@ -164,25 +164,10 @@ fn tcp_latency(opts: &MeshBenchOptions, one_way_ns: u64) -> anyhow::Result<hdrhi
     let reader = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
         prep();
         let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
-        let (mut s, _) = sink.accept()?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut n = 0u64;
-        while n < total {
-            let k = s.read(&mut buf)?;
-            anyhow::ensure!(k > 0, "tcp closed early");
-            let now = tickmesh_codec::now_ns();
-            pending.extend_from_slice(&buf[..k]);
-            let mut rest: &[u8] = &pending;
-            while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
-                let r = tickmesh_codec::access_untrusted(rec)?;
-                let _ = h.record(now.saturating_sub(r.ts_ingest()).saturating_sub(one_way_ns) / 1000);
-                n += 1;
-                rest = tail;
-            }
-            let used = pending.len() - rest.len();
-            pending.drain(..used);
-        }
+        let (s, _) = sink.accept()?;
+        read_records(s, total, |now, r| {
+            let _ = h.record(now.saturating_sub(r.ts_ingest()).saturating_sub(one_way_ns) / 1000);
+        })?;
         Ok(h)
     });
     // With a delay: sender -> proxy (holds each chunk one_way) -> reader.
@@ -241,6 +226,38 @@ fn tcp_latency(opts: &MeshBenchOptions, one_way_ns: u64) -> anyhow::Result<hdrhi
         std::thread::sleep(Duration::from_micros(100));
     }
     reader.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))?
+}
+
+/// Reads framed records from `s` until `want` have come, validating each
+/// (`access_untrusted`) and handing it to `each` with the time its bytes were read.
+fn read_records(
+    mut s: std::net::TcpStream,
+    want: u64,
+    mut each: impl FnMut(u64, tickmesh_codec::RecordRef<'_>),
+) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut pending: Vec<u8> = Vec::with_capacity(512 * 1024);
+    let mut n = 0u64;
+    while n < want {
+        let k = s.read(&mut buf)?;
+        anyhow::ensure!(k > 0, "tcp closed early");
+        let now = tickmesh_codec::now_ns();
+        pending.extend_from_slice(&buf[..k]);
+        let mut rest: &[u8] = &pending;
+        while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
+            each(now, tickmesh_codec::access_untrusted(rec)?);
+            n += 1;
+            rest = tail;
+        }
+        let used = pending.len() - rest.len();
+        pending.drain(..used);
+    }
+    Ok(n)
+}
+
+/// p50, p99, p99.9 and max of a histogram of microseconds, as the report prints them.
+fn quantiles(h: &hdrhistogram::Histogram<u64>) -> String {
+    format!("p50 {}  p99 {}  p99.9 {}  max {}", pct(h, 0.50), pct(h, 0.99), pct(h, 0.999), h.max())
 }
 
 /// A quantile of a histogram of microseconds.
@@ -376,24 +393,8 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let want = opts.records;
     let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
-        let (mut s, _) = listener.accept()?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut pending: Vec<u8> = Vec::with_capacity(512 * 1024);
-        let mut n = 0u64;
-        while n < want {
-            let k = s.read(&mut buf)?;
-            anyhow::ensure!(k > 0, "tcp closed early");
-            pending.extend_from_slice(&buf[..k]);
-            let mut rest: &[u8] = &pending;
-            while let Ok(Some((rec, tail))) = frame::split_frame(rest) {
-                tickmesh_codec::access_untrusted(rec)?;
-                n += 1;
-                rest = tail;
-            }
-            let used = pending.len() - rest.len();
-            pending.drain(..used);
-        }
-        Ok(n)
+        let (s, _) = listener.accept()?;
+        read_records(s, want, |_, _| {})
     });
     let t0 = Instant::now();
     let mut s = std::net::TcpStream::connect(addr)?;
@@ -428,34 +429,16 @@ pub fn run(opts: MeshBenchOptions) -> anyhow::Result<()> {
             (None, us) => format!("{us} µs slice"),
         }
     );
-    println!(
-        "  added latency us: p50 {}  p99 {}  p99.9 {}  max {}",
-        pct(&h, 0.50),
-        pct(&h, 0.99),
-        pct(&h, 0.999),
-        h.max()
-    );
+    println!("  added latency us: {}", quantiles(&h));
     for (name, h) in
         [("append to batch sent", &h_batch), ("batch sent to received", &h_wire), ("received to handed", &h_handed)]
     {
-        println!("    {name:<24} p50 {}  p99 {}  p99.9 {}  max {}", pct(h, 0.50), pct(h, 0.99), pct(h, 0.999), h.max());
+        println!("    {name:<24} {}", quantiles(h));
     }
     if let Some(h) = &relay_late {
-        println!(
-            "    (WAN emulator's own lateness, in the above: p50 {}  p99 {}  p99.9 {}  max {})",
-            pct(h, 0.50),
-            pct(h, 0.99),
-            pct(h, 0.999),
-            h.max()
-        );
+        println!("    (WAN emulator's own lateness, in the above: {})", quantiles(h));
     }
-    println!(
-        "  plain TCP, same records, rate and delay: added latency us: p50 {}  p99 {}  p99.9 {}  max {}",
-        pct(&h_tcp, 0.50),
-        pct(&h_tcp, 0.99),
-        pct(&h_tcp, 0.999),
-        h_tcp.max()
-    );
+    println!("  plain TCP, same records, rate and delay: added latency us: {}", quantiles(&h_tcp));
     println!(
         "throughput: {} records ({} MB)\n  mesh (catch-up, validated): {:.2} M rec/s\n  plain TCP (validated):      {:.2} M rec/s",
         opts.records,
